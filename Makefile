@@ -1,0 +1,50 @@
+# zsad: every target installs into .venv first when it is missing, so a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned here, not in pyproject, so cluster users can keep the CUDA build they have.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow test-slurm train-celeba eval-all eval-published demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
+
+$(BIN)/zsad: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(BIN)/zsad
+
+install: $(BIN)/zsad ## create .venv and install zsad with its dev extras
+
+test: $(BIN)/zsad ## run the test suite (the command CI runs)
+	$(BIN)/python -m pytest -q tests
+
+test-slow: $(BIN)/zsad ## run the tests marked slow
+	$(BIN)/python -m pytest -q -m slow tests
+
+test-slurm: $(BIN)/zsad ## run the Slurm tests (starts a one-node cluster on localhost)
+	$(BIN)/python -m pytest -q -m slurm tests
+
+train-celeba: $(BIN)/zsad ## train the base DDPM on CelebA 32x32 (ARGS="key=value ..." to override)
+	$(BIN)/zsad train -c conf/train/celeba32.yaml $(ARGS)
+
+eval-all: $(BIN)/zsad ## run the zero-shot benchmark (CKPT=path/to/last.ckpt)
+	$(BIN)/zsad evaluate -c conf/eval/paper12.yaml $(if $(CKPT),backbone.path=$(CKPT)) $(ARGS)
+
+eval-published: $(BIN)/zsad ## the benchmark with DiffPath's published CelebA-32 checkpoint
+	$(BIN)/zsad evaluate -c conf/eval/paper12_diffpath_celeba32.yaml $(ARGS)
+
+demo: $(BIN)/zsad ## train + evaluate end to end on built-in data, CPU, a few minutes
+	$(BIN)/zsad demo $(ARGS)
+
+bench: $(BIN)/zsad ## speed benchmarks (images/s, peak memory, GMM fit time)
+	$(BIN)/python bench/bench_scorers.py $(ARGS)
+
+clean: ## remove outputs and caches (keeps .venv)
+	rm -rf outputs .pytest_cache

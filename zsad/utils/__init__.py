@@ -1,0 +1,1 @@
+"""Small shared helpers (logging backends, W&B offline-run reader, atomic files)."""

@@ -1,0 +1,77 @@
+"""Experiment loggers: W&B (offline unless asked otherwise), CSV, or none; always closed."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import string
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, Logger
+from zsad.errors import ConfigError
+
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def wandb_mode(logger_cfg) -> str:
+    """WANDB_MODE from the environment wins; otherwise the config's mode (offline by default)."""
+    return os.environ.get("WANDB_MODE") or str(logger_cfg.mode)
+
+
+def _run_id(out: Path, resuming: bool) -> str:
+    """Reuse the run id of this output folder so a resumed (or requeued) job continues the same W&B run."""
+    path = out / WANDB_ID_FILE
+    if path.is_file() and (resuming or os.environ.get("SLURM_RESTART_COUNT")):
+        return path.read_text().strip()
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id)
+    return run_id
+
+
+def build_logger(logger_cfg, out: Path, config: dict, resuming: bool = False, job_type: str = "train") -> list[Logger]:
+    """Lightning loggers for `logger.kind` (wandb | csv | none)."""
+    kind = str(logger_cfg.kind)
+    if kind == "none":
+        return []
+    if kind == "csv":
+        return [CSVLogger(save_dir=str(out), name="csv_logs")]
+    if kind != "wandb":
+        raise ConfigError(f"logger.kind must be wandb, csv or none, not '{kind}'.")
+    from lightning.pytorch.loggers import WandbLogger
+
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    mode = wandb_mode(logger_cfg)
+    kwargs: dict[str, Any] = dict(
+        project=str(logger_cfg.project),
+        entity=logger_cfg.entity,
+        name=logger_cfg.name,
+        save_dir=str(out),
+        offline=mode == "offline",
+        tags=list(logger_cfg.tags),
+        job_type=job_type,
+        config=config,
+    )
+    if mode == "disabled":
+        kwargs["mode"] = "disabled"
+    if rank == 0:
+        kwargs.update(id=_run_id(out, resuming), resume="allow")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return [WandbLogger(**kwargs)]
+
+
+def close_loggers(loggers: list[Logger], failed: bool) -> None:
+    """Finish every logger; a W&B run is marked failed (exit code 1) when training raised."""
+    for logger in loggers:
+        try:
+            logger.finalize("failed" if failed else "success")
+        except Exception:  # noqa: BLE001 - closing must not hide the original error
+            pass
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1 if failed else 0)
+    except ImportError:
+        pass
