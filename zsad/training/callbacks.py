@@ -84,3 +84,13 @@ class Throughput(L.Callback):
         self._t = now
         if dt > 0:
             pl_module.log("train/images_per_sec", self.global_batch / dt, on_step=True, on_epoch=False)
+
+
+class FinalCheckpoint(L.Callback):
+    """Write last.ckpt at the end of training, which rarely falls on a multiple of every_n_steps."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.path)

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
 from zsad.data import build_dataset
 from zsad.training.ema import ImageCountedEMA
 from zsad.training.networks import build_diffusion
-from zsad.training.sampler import StepBatchSampler
+from zsad.training.sampler import StepBatchSampler, StepIndexedDataLoader
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -39,24 +38,24 @@ class DiffusionTrainingModule(L.LightningModule):
         self._seen_indices: list[int] = []
 
     # ---- data -------------------------------------------------------------------------------
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StepIndexedDataLoader:
         from omegaconf import OmegaConf
 
         data_cfg = OmegaConf.create(self.cfg["data"])
         dataset = build_dataset(data_cfg)
         trainer = self.trainer
-        # global_step is already restored from the checkpoint here, so the sampler resumes exactly.
+        # The sampler starts at the trainer's global step when iterated (restored on resume).
         sampler = StepBatchSampler(
             len(dataset),
             int(self.cfg["batch_size"]),
             trainer.world_size,
             trainer.global_rank,
             int(self.cfg["seed"]),
-            start_step=trainer.global_step,
+            start_step=lambda: trainer.global_step,
             end_step=self.total_steps,
         )
         workers = int(data_cfg.num_workers)
-        return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=False)
+        return StepIndexedDataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
     # ---- optimisation -------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -76,7 +75,10 @@ class DiffusionTrainingModule(L.LightningModule):
             norm = torch.nn.utils.clip_grad_norm_(self.diffusion.parameters(), clip)
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here, not in on_train_batch_end: checkpoint callbacks run before that hook, and a resumed
+        # run must not miss the EMA update of the step the checkpoint was taken at.
         self.ema.step_images(int(self.cfg["batch_size"]))
 
     def configure_optimizers(self):

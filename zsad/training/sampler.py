@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator, Union
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 from zsad.errors import ConfigError
 
 
 class StepBatchSampler(Sampler[list[int]]):
     """Yields this process's part of the global batch for steps start_step … end_step−1.
+
+    `start_step` may be a callable, read when iteration starts (the trainer's restored global step);
+    `len()` is always `end_step`, so a resumed Lightning epoch that already counts `start_step`
+    batches ends exactly at `end_step`.
 
     The global stream is the concatenation of per-epoch permutations of the dataset (epoch e shuffled
     with seed (seed, e)); global step s takes stream positions [s·B, (s+1)·B), and process r of W takes
@@ -18,7 +22,16 @@ class StepBatchSampler(Sampler[list[int]]):
     uninterrupted run would, and the W slices of one step are disjoint.
     """
 
-    def __init__(self, dataset_len: int, global_batch: int, world_size: int, rank: int, seed: int, start_step: int, end_step: int):
+    def __init__(
+        self,
+        dataset_len: int,
+        global_batch: int,
+        world_size: int,
+        rank: int,
+        seed: int,
+        start_step: Union[int, Callable[[], int]],
+        end_step: int,
+    ):
         if global_batch % world_size:
             raise ConfigError(
                 f"batch_size {global_batch} (global) is not divisible by the {world_size} processes; "
@@ -44,8 +57,20 @@ class StepBatchSampler(Sampler[list[int]]):
         return [int(self._perm(p // self.n)[p % self.n]) for p in range(first, first + self.per_rank)]
 
     def __iter__(self) -> Iterator[list[int]]:
-        for step in range(self.start_step, self.end_step):
+        start = self.start_step() if callable(self.start_step) else self.start_step
+        for step in range(start, self.end_step):
             yield self.indices_for_step(step)
 
     def __len__(self) -> int:
-        return max(0, self.end_step - self.start_step)
+        return self.end_step
+
+
+class StepIndexedDataLoader(DataLoader):
+    """A DataLoader over a StepBatchSampler. Its position is the trainer's global step, so it is
+    resumable by construction; the (empty) state_dict tells Lightning so."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from zsad.config import ConfigError, save_config, to_plain
-from zsad.training.callbacks import AtomicCheckpointIO, SampleGrid, Throughput
+from zsad.training.callbacks import AtomicCheckpointIO, FinalCheckpoint, SampleGrid, Throughput
 from zsad.training.module import DiffusionTrainingModule
 from zsad.utils.loggers import build_logger, close_loggers
 
@@ -54,6 +54,8 @@ def train(cfg: DictConfig) -> dict:
     is_rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", os.environ.get("SLURM_NODEID", "0"))) == 0
     if is_rank_zero:
         save_config(cfg, out / "config.yaml")
+        for stale in (out / "checkpoints").glob(".*.tmp*"):  # left by a run killed mid-write
+            stale.unlink(missing_ok=True)
 
     plain = to_plain(cfg)
     module = DiffusionTrainingModule(plain, total_steps=steps)
@@ -67,7 +69,7 @@ def train(cfg: DictConfig) -> dict:
         save_last=True,
         save_on_train_epoch_end=True,
     )
-    callbacks = [ckpt_cb, Throughput(int(cfg.batch_size))]
+    callbacks = [ckpt_cb, FinalCheckpoint(out / "checkpoints" / "last.ckpt"), Throughput(int(cfg.batch_size))]
     if cfg.samples.every_n_steps:
         callbacks.append(SampleGrid(out, int(cfg.samples.every_n_steps), int(cfg.samples.num), int(cfg.samples.seed)))
     trainer = L.Trainer(

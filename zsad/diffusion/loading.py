@@ -1,0 +1,85 @@
+"""`load_backbone(path, ...)`: one entry point for every checkpoint format, always safe (weights_only)."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from zsad.diffusion.backbone import Backbone
+from zsad.errors import BackboneLoadError
+
+FORMATS = ("auto", "zsad", "improved-diffusion")
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Content hash of a file (keys feature caches to the exact weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def safe_load(path: str | Path) -> Any:
+    """torch.load with weights_only=True; a file that needs code to unpickle is refused, not run."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneLoadError(f"Checkpoint '{path}' does not exist. Train one with `zsad train` or set backbone.path to a .ckpt/.pt file.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise BackboneLoadError(
+            f"Refusing to load '{path}': it contains Python objects that only a full unpickle could build, "
+            f"which can run arbitrary code. zsad loads checkpoints with weights_only=True. ({str(err).splitlines()[0]})"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - zip/format errors of all kinds
+        raise BackboneLoadError(f"'{path}' is not a PyTorch checkpoint ({type(err).__name__}: {err}).") from None
+
+
+def detect_format(obj: Any) -> str:
+    from zsad.diffusion.zsad_backbone import is_zsad_checkpoint
+
+    if is_zsad_checkpoint(obj):
+        return "zsad"
+    if isinstance(obj, dict) and "time_embed.0.weight" in obj and "input_blocks.0.0.weight" in obj:
+        return "improved-diffusion"
+    keys = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
+    raise BackboneLoadError(
+        f"Unrecognised checkpoint layout (first keys: {keys}). Expected a `zsad train` checkpoint or an "
+        "improved-diffusion state dict; pass format=... explicitly if detection fails."
+    )
+
+
+def load_backbone(
+    path: str | Path,
+    format: str = "auto",
+    config: Optional[Any] = None,
+    use_ema: bool = True,
+    device: str | torch.device = "cpu",
+) -> Backbone:
+    """Load a frozen diffusion backbone (eval mode) from `path`.
+
+    format: "auto" | "zsad" | "improved-diffusion". config: for improved-diffusion, a preset name
+    (diffpath-celeba32, openai-imagenet64), a dict or a JSON file of its hyper-parameters.
+    use_ema: for zsad checkpoints, load the EMA weights (default) or the online ones.
+    """
+    if format not in FORMATS:
+        raise BackboneLoadError(f"Unknown backbone format '{format}'. Known: {', '.join(FORMATS)}.")
+    obj = safe_load(path)
+    kind = detect_format(obj) if format == "auto" else format
+    fingerprint = file_sha256(path)
+    if kind == "zsad":
+        from zsad.diffusion.zsad_backbone import from_zsad_checkpoint, is_zsad_checkpoint
+
+        if not is_zsad_checkpoint(obj):
+            raise BackboneLoadError(f"'{path}' is not a `zsad train` checkpoint (no hyper_parameters.config).")
+        backbone = from_zsad_checkpoint(obj, use_ema=use_ema, fingerprint=fingerprint)
+    else:
+        from zsad.diffusion.improved_diffusion import from_improved_diffusion_state_dict
+
+        backbone = from_improved_diffusion_state_dict(obj, config=config, fingerprint=fingerprint)
+    return backbone.to(device).eval()
