@@ -1,0 +1,74 @@
+"""Every shipped config loads and validates; mistakes give errors that name the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from zsad.config import ConfigError, load_config
+from zsad.config import schema as S
+
+TOP_LEVEL = {"train": S.TrainConfig}
+PIECES = {"data": S.DataConfig, "model": S.ModelConfig, "trainer": S.TrainerConfig, "logger": S.LoggerConfig}
+
+
+def _top_level_configs():
+    for folder, schema in TOP_LEVEL.items():
+        for path in sorted((REPO / "conf" / folder).glob("*.yaml")):
+            yield pytest.param(path, schema, id=f"{folder}/{path.stem}")
+
+
+@pytest.mark.parametrize("path, schema", list(_top_level_configs()))
+def test_every_shipped_config_loads(path: Path, schema):
+    cfg = load_config(path, [], schema)
+    assert OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("group, schema", PIECES.items())
+def test_every_config_piece_fits_its_schema(group, schema):
+    files = sorted((REPO / "conf" / group).glob("*.yaml"))
+    assert files, f"no configs in conf/{group}"
+    for path in files:
+        OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path))
+
+
+def test_group_selection_and_dotlist_overrides():
+    cfg = load_config(REPO / "conf/train/smoke.yaml", ["logger=csv", "trainer.max_steps=7", "model.unet.dim_mults=[1,2]"], S.TrainConfig)
+    assert cfg.logger.kind == "csv" and cfg.trainer.max_steps == 7 and list(cfg.model.unet.dim_mults) == [1, 2]
+
+
+def test_unknown_key_names_nearest_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "conf/train/smoke.yaml", ["optim.learning_rate=0.1"], S.TrainConfig)
+    msg = str(err.value)
+    assert "optim.learning_rate" in msg and "command-line overrides" in msg and "Valid keys under 'optim': lr" in msg
+
+
+def test_unknown_key_in_a_file_names_the_file(tmp_path):
+    (tmp_path / "train").mkdir()
+    bad = tmp_path / "train" / "bad.yaml"
+    bad.write_text("batch_sise: 4\n")
+    with pytest.raises(ConfigError, match=r"Unknown config key 'batch_sise' \(from .*bad.yaml\).*Did you mean 'batch_size'"):
+        load_config(bad, [], S.TrainConfig)
+
+
+def test_wrong_type_and_malformed_override():
+    with pytest.raises(ConfigError, match="Wrong value for 'batch_size'"):
+        load_config(REPO / "conf/train/smoke.yaml", ["batch_size=many"], S.TrainConfig)
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        load_config(REPO / "conf/train/smoke.yaml", ["batch_size"], S.TrainConfig)
+
+
+def test_missing_file_and_missing_group_option(tmp_path):
+    with pytest.raises(ConfigError, match="not found.*smoke.yaml"):
+        load_config(REPO / "conf/train/smok.yaml", [], S.TrainConfig)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "a.yaml").write_text("unet: {dim: 8}\n")
+    cfg = tmp_path / "train" / "x.yaml"
+    cfg.write_text("defaults:\n  model: b\n")
+    with pytest.raises(ConfigError, match="Options: a"):
+        load_config(cfg, [], S.TrainConfig)

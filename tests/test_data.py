@@ -1,0 +1,115 @@
+"""Datasets: preprocessing of design.md §2, layouts, conversions, and the errors a user can cause."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from zsad.config.schema import DataConfig
+from zsad.data import BUILTIN_NAMES, CorruptImageError, DatasetNotFoundError, build_dataset, make_builtin
+from zsad.errors import UnknownNameError
+
+
+def cfg(**kw):
+    return OmegaConf.structured(DataConfig(**kw))
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_builtin_sets_are_deterministic_and_split(name):
+    a, b = make_builtin(name, "train", 20), make_builtin(name, "train", 20)
+    assert a.dtype == np.uint8 and np.array_equal(a, b)
+    test = make_builtin(name, "test", 20)
+    assert not np.array_equal(a[: len(test)], test[: len(a)])
+    ds = build_dataset(cfg(name=name, split="train", image_size=16, options={"count": 20}))
+    x, i = ds[3]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and i == 3
+    assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+
+
+def _write_celeba(root, layout: str, n: int = 6):
+    img_dir = root / "img_align_celeba" / ("img_align_celeba" if layout == "kaggle" else "")
+    img_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"{i + 1:06d}.jpg" for i in range(n)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(img_dir / name, quality=95)
+    parts = [0, 0, 0, 1, 2, 2]
+    if layout == "kaggle":
+        (root / "list_eval_partition.csv").write_text("image_id,partition\n" + "".join(f"{a},{p}\n" for a, p in zip(names, parts)))
+    else:
+        (root / "list_eval_partition.txt").write_text("".join(f"{a} {p}\n" for a, p in zip(names, parts)))
+    return img_dir, names
+
+
+@pytest.mark.parametrize("layout", ["kaggle", "torchvision"])
+def test_celeba_layouts_and_center_crop_resize(tmp_path, layout):
+    root = tmp_path / "celeba_root"
+    base = root if layout == "kaggle" else root / "celeba"
+    img_dir, names = _write_celeba(base, layout)
+    train = build_dataset(cfg(name="celeba", root=str(root), split="train", image_size=32))
+    test = build_dataset(cfg(name="celeba", root=str(root), split="test", image_size=32))
+    assert len(train) == 3 and len(test) == 2
+    # Independent reference: rows 39..178, cols 19..158 (design.md §7), bilinear resize, then 2p-1.
+    pil = Image.open(img_dir / names[4]).convert("RGB")
+    crop = pil.crop((19, 39, 19 + 140, 39 + 140)).resize((32, 32), Image.BILINEAR)
+    expected = torch.from_numpy(np.asarray(crop, np.float32) / 255.0).permute(2, 0, 1) * 2 - 1
+    x, index = test[0]
+    assert index == 0
+    assert torch.allclose(x, expected, atol=1e-6)
+
+
+def test_other_datasets_resize_without_crop_and_convert_modes(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (37, 23), dtype=np.uint8), "L").save(folder / "a_gray.png")
+    rgba = rng.integers(0, 256, (20, 30, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(folder / "b_rgba.png")
+    Image.fromarray((rng.integers(0, 65535, (16, 16))).astype(np.uint16)).save(folder / "c_gray16.png")
+    ds = build_dataset(cfg(name="imagefolder", root=str(folder), split="train", image_size=8))
+    assert len(ds) == 3
+    gray, _ = ds[0]
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2]), "grayscale must be repeated to 3 channels"
+    color, _ = ds[1]
+    expected = Image.fromarray(rgba[..., :3]).resize((8, 8), Image.BILINEAR)
+    assert torch.allclose(color, torch.from_numpy(np.asarray(expected, np.float32) / 127.5 - 1).permute(2, 0, 1), atol=1e-6)
+    g16, _ = ds[2]
+    assert g16.shape == (3, 8, 8) and float(g16.max()) > 0.0, "16-bit grayscale must be scaled, not clipped"
+
+
+def test_missing_datasets_say_where_they_looked(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="CelebA not found.*list_eval_partition.*data.download=true"):
+        build_dataset(cfg(name="celeba", root=str(tmp_path)))
+    with pytest.raises(DatasetNotFoundError, match=r"cifar10 \(test\) not found.*data.download=true"):
+        build_dataset(cfg(name="cifar10", root=str(tmp_path), split="test"))
+    with pytest.raises(DatasetNotFoundError, match="svhn"):
+        build_dataset(cfg(name="svhn", root=str(tmp_path), split="test"))
+    with pytest.raises(DatasetNotFoundError, match="no images"):
+        build_dataset(cfg(name="imagefolder", root=str(tmp_path)))
+    with pytest.raises(UnknownNameError, match="Did you mean cifar10"):
+        build_dataset(cfg(name="cifar1O"))
+
+
+def test_corrupt_and_truncated_images(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / "a.jpg")
+    good = (folder / "a.jpg").read_bytes()
+    (folder / "b_truncated.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "c_garbage.png").write_bytes(b"not an image")
+    ds = build_dataset(cfg(name="imagefolder", root=str(folder), image_size=8))
+    ds[0]
+    with pytest.raises(CorruptImageError, match="b_truncated.jpg.*skip_corrupt"):
+        ds[1]
+    with pytest.warns(UserWarning, match="skipped 2 unreadable image"):
+        kept = build_dataset(cfg(name="imagefolder", root=str(folder), image_size=8, skip_corrupt=True))
+    assert len(kept) == 1 and kept[0][1] == 0
+
+
+def test_max_images_keeps_a_prefix_with_original_indices():
+    ds = build_dataset(cfg(name="shapes", split="test", image_size=8, max_images=5, options={"count": 9}))
+    assert len(ds) == 5 and [ds[i][1] for i in range(5)] == list(range(5))
+    assert ds.fingerprint() != build_dataset(cfg(name="shapes", split="test", image_size=8, options={"count": 9})).fingerprint()
