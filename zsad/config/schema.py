@@ -120,3 +120,98 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+
+
+@dataclass
+class BackboneConfig:
+    """Which diffusion model to score with (see zsad.load_backbone)."""
+
+    path: str = "???"
+    format: str = "auto"  # auto | zsad | improved-diffusion
+    config: Optional[str] = None  # improved-diffusion: preset name or JSON file
+    use_ema: bool = True  # zsad checkpoints: EMA weights (default) or online weights
+
+
+@dataclass
+class ScorerSpec:
+    name: str = "diffpath_v2"
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GMMConfig:
+    mode: str = "grid"  # grid (DiffPath's CV search) | fast (one fit)
+    n_components: int = 50
+    covariance_type: str = "full"
+    grid_components: List[int] = field(default_factory=lambda: [50, 100])
+    grid_covariances: List[str] = field(default_factory=lambda: ["full", "tied", "diag", "spherical"])
+    cv_folds: int = 10
+    max_iter: int = 200
+    random_state: int = 0
+    n_jobs: Optional[int] = None
+    max_train: Optional[int] = None
+
+
+@dataclass
+class KDEConfig:
+    bandwidth: float = 5.0
+
+
+@dataclass
+class DetectorConfig:
+    gmm: GMMConfig = field(default_factory=GMMConfig)
+    kde: KDEConfig = field(default_factory=KDEConfig)
+
+
+@dataclass
+class EvalTrainerConfig:
+    """Lightning Trainer for feature extraction (predict); shards over devices."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """`zsad evaluate`: zero-shot benchmark over ID × OOD dataset pairs."""
+
+    output_dir: str = "outputs/eval"
+    seed: int = 0  # per-image noise seeds (design.md §2)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    scorers: List[ScorerSpec] = field(default_factory=lambda: [ScorerSpec()])
+    datasets: Dict[str, DataConfig] = field(default_factory=dict)  # alias -> dataset (split set per use)
+    id: List[str] = field(default_factory=list)  # aliases used as in-distribution
+    ood: List[str] = field(default_factory=list)  # aliases used as OOD (every ID × OOD pair with ID != OOD)
+    far_pairs: List[List[str]] = field(default_factory=list)  # [id, ood] pairs marked as far shifts
+    fit_split: str = "train"
+    eval_split: str = "test"
+    max_fit_images: Optional[int] = None  # cap on ID-train images per dataset
+    max_eval_images: Optional[int] = None  # cap on test images per dataset
+    image_size: Optional[int] = None  # null: the backbone's
+    batch_size: int = 128
+    num_workers: int = 4
+    network_batch: Optional[int] = None  # fixed network call size; null: the scorer's default
+    cache_dir: str = "outputs/feature_cache"
+    bootstrap: int = 1000  # resamples for the AUROC interval; 0 disables
+    plots: bool = True
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    trainer: EvalTrainerConfig = field(default_factory=EvalTrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+@dataclass
+class ScoreConfig:
+    """`zsad score`: anomaly scores for a folder of images with a detector fitted by `zsad evaluate`."""
+
+    images: str = "???"  # folder of images (searched recursively)
+    detector: str = "???"  # path prefix of a saved detector (…/detectors/<scorer>/<id>)
+    output: Optional[str] = None  # CSV path; default: <images>/zsad_scores.csv
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    batch_size: int = 64
+    num_workers: int = 2
+    heatmaps: bool = False  # diffpath_v2 only: per-pixel weighted-error maps as PNG
+    heatmap_dir: Optional[str] = None  # default: next to the CSV
+    device: str = "auto"

@@ -1,0 +1,1 @@
+"""Zero-shot OOD detection: scorers → cached features → detector → metrics → benchmark report."""

@@ -1,0 +1,199 @@
+"""Detectors fitted once on ID-train features (design.md §4); score = −log-likelihood (higher = anomalous).
+
+Saved as plain arrays (.npz) + JSON, never pickles."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from sklearn.mixture import GaussianMixture
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.neighbors import KernelDensity
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from zsad.errors import ConfigError
+
+GMM_STATE = ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_")
+
+
+def _as_2d(features) -> np.ndarray:
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise ValueError(f"features must be [N, D]; got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("features contain NaN or inf")
+    return x
+
+
+@dataclass
+class GMMDetector:
+    """StandardScaler → GaussianMixture.
+
+    mode="grid": DiffPath's model selection (n_components × covariance types, 10-fold CV on held-out
+    log-likelihood, contiguous folds as GridSearchCV(cv=10) does). mode="fast": one fit with
+    `n_components` and `covariance_type` (for large ID sets). Components are capped by the number of
+    training samples, with a warning."""
+
+    mode: str = "grid"
+    n_components: int = 50
+    covariance_type: str = "full"
+    grid_components: list = field(default_factory=lambda: [50, 100])
+    grid_covariances: list = field(default_factory=lambda: ["full", "tied", "diag", "spherical"])
+    cv_folds: int = 10
+    max_iter: int = 200
+    reg_covar: float = 1e-6
+    random_state: int = 0
+    n_jobs: Optional[int] = None
+    max_train: Optional[int] = None  # subsample ID-train features to this many (seeded) before fitting
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("grid", "fast"):
+            raise ConfigError(f"detector mode must be 'grid' or 'fast', not '{self.mode}'.")
+        self.pipeline_: Optional[Pipeline] = None
+        self.best_params_: dict = {}
+
+    def _cap(self, k: int, n: int) -> int:
+        if k > n:
+            warnings.warn(f"GMM: {k} components requested but only {n} ID-train samples; using {n}.", stacklevel=3)
+            return n
+        return k
+
+    def fit(self, features) -> "GMMDetector":
+        x = _as_2d(features)
+        if self.max_train and len(x) > self.max_train:
+            keep = np.random.default_rng(self.random_state).choice(len(x), self.max_train, replace=False)
+            x = x[np.sort(keep)]
+        n = len(x)
+        min_needed = self.cv_folds * 2 if self.mode == "grid" else 2
+        if n < min_needed:
+            raise ValueError(f"GMMDetector({self.mode}) needs at least {min_needed} ID-train samples; got {n}.")
+        make = lambda k, cov: Pipeline(  # noqa: E731
+            [("scaler", StandardScaler()), ("gmm", GaussianMixture(k, covariance_type=cov, max_iter=self.max_iter, reg_covar=self.reg_covar, random_state=self.random_state))]
+        )
+        if self.mode == "fast":
+            k = self._cap(self.n_components, n)
+            self.pipeline_ = make(k, self.covariance_type).fit(x)
+            self.best_params_ = {"gmm__n_components": k, "gmm__covariance_type": self.covariance_type}
+        else:
+            train_fold = n - -(-n // self.cv_folds)  # smallest training fold of the CV
+            comps = sorted({self._cap(int(k), train_fold) for k in self.grid_components})
+            search = GridSearchCV(
+                make(comps[0], "full"),
+                {"gmm__n_components": comps, "gmm__covariance_type": list(self.grid_covariances)},
+                cv=KFold(self.cv_folds),
+                n_jobs=self.n_jobs,
+                refit=False,
+            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*did not converge.*")
+                search.fit(x)
+            self.best_params_ = dict(search.best_params_)
+            self.best_params_["gmm__n_components"] = self._cap(self.best_params_["gmm__n_components"], n)
+            self.pipeline_ = make(self.best_params_["gmm__n_components"], self.best_params_["gmm__covariance_type"]).fit(x)
+        return self
+
+    def score(self, features) -> np.ndarray:
+        """Anomaly score per sample: −log-likelihood (higher = more anomalous)."""
+        if self.pipeline_ is None:
+            raise RuntimeError("GMMDetector.score called before fit/load")
+        return -self.pipeline_.score_samples(_as_2d(features))
+
+    def save(self, path: str | Path) -> None:
+        """`path`.json (settings, chosen parameters) + `path`.npz (scaler and mixture arrays)."""
+        if self.pipeline_ is None:
+            raise RuntimeError("nothing to save: fit first")
+        path = Path(path)
+        scaler, gmm = self.pipeline_["scaler"], self.pipeline_["gmm"]
+        arrays = {"scaler_mean": scaler.mean_, "scaler_scale": scaler.scale_, "scaler_var": scaler.var_}
+        arrays.update({f"gmm_{name}": getattr(gmm, name) for name in GMM_STATE})
+        meta = {"kind": "gmm", "settings": asdict(self), "best_params": self.best_params_, "n_features": int(scaler.n_features_in_), "covariance_type": gmm.covariance_type, "n_components": int(gmm.n_components), "n_samples_seen": int(scaler.n_samples_seen_)}
+        _write(path, meta, arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GMMDetector":
+        meta, arrays = _read(path, "gmm")
+        det = cls(**meta["settings"])
+        scaler = StandardScaler()
+        scaler.mean_, scaler.scale_, scaler.var_ = arrays["scaler_mean"], arrays["scaler_scale"], arrays["scaler_var"]
+        scaler.n_features_in_, scaler.n_samples_seen_ = meta["n_features"], meta["n_samples_seen"]
+        gmm = GaussianMixture(meta["n_components"], covariance_type=meta["covariance_type"])
+        for name in GMM_STATE:
+            setattr(gmm, name, arrays[f"gmm_{name}"])
+        gmm.n_features_in_, gmm.converged_, gmm.n_iter_ = meta["n_features"], True, 0
+        det.pipeline_ = Pipeline([("scaler", scaler), ("gmm", gmm)])
+        det.best_params_ = meta["best_params"]
+        return det
+
+
+@dataclass
+class KDEDetector:
+    """Gaussian KDE on raw features (DiffPath-1D: bandwidth 5, no standardisation)."""
+
+    bandwidth: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.kde_: Optional[KernelDensity] = None
+        self.train_: Optional[np.ndarray] = None
+
+    def fit(self, features) -> "KDEDetector":
+        x = _as_2d(features)
+        if len(x) < 2:
+            raise ValueError(f"KDEDetector needs at least 2 ID-train samples; got {len(x)}.")
+        self.train_ = x
+        self.kde_ = KernelDensity(kernel="gaussian", bandwidth=self.bandwidth).fit(x)
+        return self
+
+    def score(self, features) -> np.ndarray:
+        if self.kde_ is None:
+            raise RuntimeError("KDEDetector.score called before fit/load")
+        return -self.kde_.score_samples(_as_2d(features))
+
+    def save(self, path: str | Path) -> None:
+        _write(Path(path), {"kind": "kde", "settings": asdict(self)}, {"train": self.train_})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "KDEDetector":
+        meta, arrays = _read(path, "kde")
+        return cls(**meta["settings"]).fit(arrays["train"])
+
+
+def _write(path: Path, meta: dict, arrays: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path.with_suffix(".npz"))
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=_json_default))
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def _read(path: str | Path, kind: str) -> tuple[dict, dict]:
+    path = Path(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if meta.get("kind") != kind:
+        raise ValueError(f"{path}: a '{meta.get('kind')}' detector, not '{kind}'")
+    with np.load(path.with_suffix(".npz"), allow_pickle=False) as data:
+        return meta, {k: data[k] for k in data.files}
+
+
+DETECTORS = {"gmm": GMMDetector, "kde": KDEDetector}
+
+
+def load_detector(path: str | Path):
+    """Load a saved GMMDetector or KDEDetector by the kind recorded in its JSON."""
+    kind = json.loads(Path(path).with_suffix(".json").read_text()).get("kind")
+    if kind not in DETECTORS:
+        raise ValueError(f"{path}: unknown detector kind '{kind}'")
+    return DETECTORS[kind].load(path)

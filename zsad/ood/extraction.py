@@ -1,0 +1,202 @@
+"""Feature extraction at scale: Lightning `predict` over any number of devices, gathered by image index,
+cached on disk per (weights, dataset split, preprocessing, scorer options, seed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Sampler, Subset
+
+from zsad.data.base import ImageDataset
+from zsad.diffusion.backbone import Backbone
+from zsad.errors import FeatureError
+from zsad.ood.scorers import Scorer, image_seeds
+
+FEATURE_FORMAT_VERSION = 1
+
+
+@dataclass
+class FeatureSet:
+    """Features of one dataset split: rows sorted by image index."""
+
+    features: np.ndarray  # float64 [N, D]
+    indices: np.ndarray  # int64 [N]
+    meta: dict
+    from_cache: bool = False
+
+
+class OODEvaluationModule(L.LightningModule):
+    """predict_step: (images, indices) → {"index", "features"}; noise is seeded per image, so results do
+    not depend on which process or batch an image lands in."""
+
+    def __init__(self, backbone: Backbone, scorer: Scorer, dataset_name: str, split: str, seed: int):
+        super().__init__()
+        self.backbone = backbone
+        self.scorer = scorer
+        self.dataset_name, self.split, self.seed = dataset_name, split, seed
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        images, indices = batch
+        ids = image_seeds(self.seed, self.dataset_name, self.split, indices.tolist())
+        try:
+            features = self.scorer(self.backbone, images, ids)
+        except FeatureError as err:
+            raise FeatureError(f"{self.dataset_name}/{self.split}, image indices {indices.tolist()[:20]}: {err}") from None
+        return {"index": indices.cpu().to(torch.int64), "features": features}
+
+
+class ShardSampler(Sampler[int]):
+    """Positions rank, rank+W, rank+2W, …: every image exactly once over W processes, no padding."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        self.positions = list(range(rank, n, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.positions)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+class ShardWriter(BasePredictionWriter):
+    """Writes each predicted batch atomically to `shard_dir`, so an interrupted extraction resumes."""
+
+    def __init__(self, shard_dir: Path):
+        super().__init__(write_interval="batch")
+        self.shard_dir = shard_dir
+        self.nonce = run_nonce()
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        name = f"part-{self.nonce}-r{trainer.global_rank}-b{batch_idx:06d}.pt"
+        tmp = self.shard_dir / f".{name}.tmp"
+        torch.save({"index": prediction["index"], "features": prediction["features"]}, tmp)
+        os.replace(tmp, self.shard_dir / name)
+
+
+def run_nonce() -> str:
+    """One id shared by all processes of this run (set before Lightning or srun starts them), so that
+    every process agrees on which shards came from an earlier, interrupted run."""
+    if "ZSAD_RUN_NONCE" not in os.environ:
+        slurm = os.environ.get("SLURM_JOB_ID")
+        os.environ["ZSAD_RUN_NONCE"] = f"s{slurm}.{os.environ.get('SLURM_RESTART_COUNT', '0')}" if slurm else f"t{time.time_ns()}"
+    return os.environ["ZSAD_RUN_NONCE"]
+
+
+def cache_key(backbone_id: dict, dataset: ImageDataset, scorer: Scorer, seed: int) -> str:
+    payload = {
+        "version": FEATURE_FORMAT_VERSION,
+        "backbone": backbone_id,
+        "dataset": dataset.fingerprint(),
+        "scorer": scorer.options(),
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class FeatureCache:
+    """`<root>/<scorer>/<dataset>_<split>/<key[:24]>/` holds features.npz + meta.json when complete,
+    and shards/ while extraction runs."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def folder(self, scorer: Scorer, dataset: ImageDataset, key: str) -> Path:
+        return self.root / scorer.name / f"{dataset.name}_{dataset.split}" / key[:24]
+
+    def load(self, folder: Path) -> Optional[FeatureSet]:
+        if not (folder / "meta.json").is_file():
+            return None
+        meta = json.loads((folder / "meta.json").read_text())
+        with np.load(folder / "features.npz", allow_pickle=False) as data:
+            return FeatureSet(data["features"], data["indices"], meta, from_cache=True)
+
+    @staticmethod
+    def read_shards(shard_dir: Path, exclude_nonce: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+        idx, feats = [], []
+        for path in sorted(shard_dir.glob("part-*.pt")):
+            if exclude_nonce is not None and path.name.startswith(f"part-{exclude_nonce}-"):
+                continue
+            shard = torch.load(path, map_location="cpu", weights_only=True)
+            idx.append(shard["index"].numpy())
+            feats.append(shard["features"].numpy())
+        if not idx:
+            return np.zeros(0, np.int64), np.zeros((0, 0))
+        return np.concatenate(idx), np.concatenate(feats)
+
+    def finalize(self, folder: Path, expected: np.ndarray, meta: dict) -> FeatureSet:
+        """Gather shards by index (each index once), check coverage, write atomically, drop shards."""
+        indices, features = self.read_shards(folder / "shards")
+        order = np.argsort(indices, kind="stable")
+        indices, features = indices[order], features[order]
+        unique, first = np.unique(indices, return_index=True)
+        indices, features = unique, features[first]  # a batch re-run after a crash may appear twice
+        if not np.array_equal(indices, np.sort(expected)):
+            missing = np.setdiff1d(expected, indices)
+            raise RuntimeError(f"Feature extraction incomplete in {folder}: {len(missing)} images missing (first {missing[:10].tolist()}).")
+        tmp = folder / ".features.tmp.npz"
+        np.savez(tmp, features=features, indices=indices)
+        os.replace(tmp, folder / "features.npz")
+        meta = {**meta, "n": int(len(indices)), "dim": int(features.shape[1])}
+        (folder / ".meta.tmp").write_text(json.dumps(meta, indent=2, default=str))
+        os.replace(folder / ".meta.tmp", folder / "meta.json")  # written last: its presence means complete
+        for path in (folder / "shards").glob("*"):
+            path.unlink()
+        (folder / "shards").rmdir()
+        return FeatureSet(features, indices, meta)
+
+
+def _barrier(trainer: Optional[L.Trainer]) -> None:
+    if trainer is not None and trainer.world_size > 1:
+        trainer.strategy.barrier()
+
+
+def extract_features(
+    backbone: Backbone,
+    backbone_id: dict,
+    scorer: Scorer,
+    dataset: ImageDataset,
+    cache: FeatureCache,
+    seed: int,
+    trainer_kwargs: dict,
+    batch_size: int,
+    num_workers: int,
+    log=print,
+) -> Optional[FeatureSet]:
+    """Features of every image of `dataset` (from cache when complete). Returns None on non-zero ranks."""
+    key = cache_key(backbone_id, dataset, scorer, seed)
+    folder = cache.folder(scorer, dataset, key)
+    cached = cache.load(folder)
+    if cached is not None:
+        log(f"[cache] {scorer.name} features of {dataset.name}/{dataset.split} ({len(cached.indices)} images): {folder}")
+        return cached
+    shard_dir = folder / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    # Shards of earlier (interrupted) runs only: every process sees the same set, whatever the others
+    # have already written in this run.
+    done = set(cache.read_shards(shard_dir, exclude_nonce=run_nonce())[0].tolist())
+    positions = [p for p, i in enumerate(dataset.indices) if i not in done]
+    todo = Subset(dataset, positions)
+    trainer = L.Trainer(logger=False, callbacks=[ShardWriter(shard_dir)], use_distributed_sampler=False, **trainer_kwargs)
+    if positions:
+        resumed = f", resuming: {len(done)} already done" if len(done) else ""
+        log(f"[extract] {scorer.name} features of {dataset.name}/{dataset.split}: {len(positions)} images{resumed}")
+        loader = DataLoader(todo, batch_size=batch_size, sampler=ShardSampler(len(todo), trainer.global_rank, trainer.world_size), num_workers=num_workers)
+        module = OODEvaluationModule(backbone, scorer, dataset.name, dataset.split, seed)
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    _barrier(trainer)
+    result = None
+    if trainer.global_rank == 0:
+        meta = {"key": key, "scorer": scorer.options(), "feature_names": scorer.feature_names, "dataset": dataset.name, "split": dataset.split, "backbone": backbone_id, "seed": seed, "skipped_images": dataset.skipped}
+        result = cache.finalize(folder, np.asarray(dataset.indices, dtype=np.int64), meta)
+    _barrier(trainer)
+    return result

@@ -1,0 +1,111 @@
+"""Results table (CSV, Markdown, JSON) and plots (ROC curves, score histograms)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from zsad.ood.published import PUBLISHED_MEAN, PUBLISHED_SOURCE
+
+COLUMNS = ["scorer", "id", "ood", "shift", "auroc", "auroc_ci_low", "auroc_ci_high", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood", "published_auroc"]
+
+
+def mean_rows(rows: list[dict]) -> list[dict]:
+    """One mean row per scorer (over all its pairs), and per scorer and shift group when marked."""
+    out = []
+    for scorer in dict.fromkeys(r["scorer"] for r in rows):
+        mine = [r for r in rows if r["scorer"] == scorer]
+        groups = [("all", mine)] + [(g, [r for r in mine if r["shift"] == g]) for g in ("far", "near") if any(r["shift"] == g for r in mine)]
+        for label, group in groups:
+            row = {"scorer": scorer, "id": "mean", "ood": label, "shift": label}
+            for key in ("auroc", "fpr95", "aupr_in", "aupr_out"):
+                row[key] = float(np.mean([r[key] for r in group]))
+            published = [r["published_auroc"] for r in group if r.get("published_auroc") is not None]
+            row["published_auroc"] = PUBLISHED_MEAN.get(scorer) if label == "all" and len(published) == 12 else None
+            row["n_pairs"] = len(group)
+            out.append(row)
+    return out
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
+def to_markdown(rows: list[dict], means: list[dict], title: str = "") -> str:
+    has_published = any(r.get("published_auroc") is not None for r in rows)
+    head = ["scorer", "ID", "OOD", "shift", "AUROC [95% CI]", "FPR@95 ↓", "AUPR-In", "AUPR-Out"] + (["published AUROC"] if has_published else [])
+    lines = [f"## {title}", ""] if title else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ci = f" [{_fmt(r['auroc_ci_low'])}, {_fmt(r['auroc_ci_high'])}]" if r.get("auroc_ci_low") is not None else ""
+        cells = [r["scorer"], r["id"], r["ood"], r.get("shift") or "", f"{_fmt(r['auroc'])}{ci}", _fmt(r["fpr95"]), _fmt(r["aupr_in"]), _fmt(r["aupr_out"])]
+        lines.append("| " + " | ".join(cells + ([_fmt(r.get("published_auroc"))] if has_published else [])) + " |")
+    for r in means:
+        cells = [f"**{r['scorer']}**", "**mean**", f"**{r['ood']}** ({r['n_pairs']} pairs)", "", f"**{_fmt(r['auroc'])}**", _fmt(r["fpr95"]), _fmt(r["aupr_in"]), _fmt(r["aupr_out"])]
+        lines.append("| " + " | ".join(cells + ([_fmt(r.get("published_auroc"))] if has_published else [])) + " |")
+    lines.append("")
+    lines.append("Scores are −log-likelihood under the detector (higher = more anomalous); OOD is the positive class for AUROC, FPR@95TPR and AUPR-Out, ID for AUPR-In.")
+    if has_published:
+        lines.append(f"Published column: {PUBLISHED_SOURCE}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, rows: list[dict], means: list[dict], extra: dict, title: str = "") -> str:
+    """results.csv, results.md and results.json in `out`; returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS + ["n_pairs"], extrasaction="ignore")
+        writer.writeheader()
+        for r in rows + means:
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS + ["n_pairs"]})
+    md = to_markdown(rows, means, title)
+    (out / "results.md").write_text(md)
+    (out / "results.json").write_text(json.dumps({"rows": rows, "means": means, **extra}, indent=2, default=str))
+    return md
+
+
+def plot_roc(path: Path, scorer: str, id_name: str, curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> Path:
+    """ROC curves of every OOD set against one ID set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    for ood, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, label=f"{ood} (AUROC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="FPR (ID flagged)", ylabel="TPR (OOD flagged)", title=f"{scorer}: ID = {id_name}", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_histograms(path: Path, scorer: str, id_name: str, id_scores: np.ndarray, ood_scores: dict[str, np.ndarray], clip: Optional[float] = 0.995) -> Path:
+    """Score histograms of the ID test set and every OOD set (shared bins, tails clipped for readability)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    everything = np.concatenate([id_scores, *ood_scores.values()])
+    lo, hi = np.quantile(everything, [1 - clip, clip]) if clip else (everything.min(), everything.max())
+    bins = np.linspace(lo, hi if hi > lo else lo + 1, 50)
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=120)
+    ax.hist(np.clip(id_scores, lo, hi), bins=bins, alpha=0.6, density=True, label=f"{id_name} (ID test)", color="k")
+    for name, scores in ood_scores.items():
+        ax.hist(np.clip(scores, lo, hi), bins=bins, alpha=0.45, density=True, label=name)
+    ax.set(xlabel="anomaly score (−log-likelihood)", ylabel="density", title=f"{scorer}: ID = {id_name}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

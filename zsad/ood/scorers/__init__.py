@@ -1,0 +1,31 @@
+"""Trajectory feature extractors, looked up by name: `build_scorer(name, **options)`."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+from zsad.errors import ConfigError, UnknownNameError
+from zsad.ood.scorers.base import Scorer, image_seed, image_seeds, per_image_noise
+from zsad.ood.scorers.diffpath import DiffPath1D, DiffPath6D, diffpath_statistics
+from zsad.ood.scorers.diffpath_v2 import DiffPathV2
+from zsad.ood.scorers.recon import Recon
+
+SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (DiffPathV2, DiffPath6D, DiffPath1D, Recon)}
+
+
+def build_scorer(name: str, **options) -> Scorer:
+    """A scorer by name with its options; unknown names or options list the valid ones."""
+    if name not in SCORERS:
+        near = difflib.get_close_matches(name, SCORERS, n=2)
+        hint = f" Did you mean {', '.join(near)}?" if near else ""
+        raise UnknownNameError(f"Unknown scorer '{name}'.{hint} Known scorers: {', '.join(SCORERS)}.")
+    cls = SCORERS[name]
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        raise ConfigError(f"Scorer '{name}' has no option(s) {', '.join(unknown)}. Valid options: {', '.join(valid)}.")
+    return cls(**options)
+
+
+__all__ = ["SCORERS", "Scorer", "build_scorer", "diffpath_statistics", "image_seed", "image_seeds", "per_image_noise"]

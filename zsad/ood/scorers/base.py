@@ -1,0 +1,114 @@
+"""Scorer protocol: `scorer(backbone, images, ids) -> float64 [B, D]`, seeded per image."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import ClassVar, Sequence
+
+import torch
+
+from zsad.diffusion.backbone import Backbone
+from zsad.errors import FeatureError
+
+
+def image_seed(seed: int, dataset: str, split: str, index: int) -> int:
+    """The per-image seed of design.md §2, from (global seed, dataset name, split, index)."""
+    digest = hashlib.sha256(f"{seed}/{dataset}/{split}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def image_seeds(seed: int, dataset: str, split: str, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """int64 seeds for a batch of dataset indices."""
+    return torch.tensor([image_seed(seed, dataset, split, int(i)) for i in indices], dtype=torch.int64)
+
+
+def per_image_noise(ids: torch.Tensor, shape: Sequence[int], draws: int = 1) -> torch.Tensor:
+    """N(0, I) noise, `draws` × `shape` per image from a generator seeded by its id: [B, draws, *shape].
+
+    Drawn on the CPU, so the values do not depend on the device, the batch or the process."""
+    out = torch.empty((len(ids), draws, *shape), dtype=torch.float32)
+    for row, image_id in enumerate(ids.tolist()):
+        g = torch.Generator().manual_seed(int(image_id))
+        out[row] = torch.randn((draws, *shape), generator=g)
+    return out
+
+
+class FixedBatchEps:
+    """Calls the backbone only on batches of exactly `n` images (the tail chunk zero-padded).
+
+    CPU and GPU kernels pick their blocking, and so their summation order, from the batch size: the
+    same image can give a different ε̂ in the last bit in a batch of 1 and in a batch of 7. With one
+    fixed call shape every image is computed the same way wherever it sits, so features are
+    bit-identical for any loader batch size, order or process count. No layer mixes images, so the
+    padding rows never touch the real ones."""
+
+    def __init__(self, backbone: Backbone, n: int):
+        self.backbone, self.n = backbone, int(n)
+        self.alphas_cumprod = backbone.alphas_cumprod
+        self.num_timesteps = backbone.num_timesteps
+        self.image_size = backbone.image_size
+
+    def predict_eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        rows, n = x.shape[0], self.n
+        pad = (-rows) % n
+        if pad:
+            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
+            t = torch.cat([t, t.new_zeros(pad)])
+        out = [self.backbone.predict_eps(x[i : i + n], t[i : i + n]) for i in range(0, len(x), n)]
+        return torch.cat(out)[:rows]
+
+
+@dataclasses.dataclass
+class Scorer:
+    """Base: subclasses are dataclasses of their options and implement `compute`.
+
+    `network_batch` is the fixed size of every network call (see FixedBatchEps); it changes speed
+    and memory, never the features."""
+
+    network_batch: int = 64
+
+    name: ClassVar[str] = ""
+    detector: ClassVar[str] = "gmm"  # the detector that fits these features: gmm | kde
+
+    @property
+    def feature_names(self) -> list[str]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def compute(self, backbone: Backbone, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def options(self) -> dict:
+        """Everything that determines the features (part of the feature-cache key)."""
+        opts = dataclasses.asdict(self)
+        opts.pop("network_batch")
+        return {"name": self.name, **opts}
+
+    @torch.no_grad()
+    def __call__(self, backbone: Backbone, images: torch.Tensor, ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        ids = torch.as_tensor(ids, dtype=torch.int64).cpu()
+        if images.ndim != 4 or images.shape[1] != 3 or len(ids) != len(images):
+            raise ValueError(f"images must be [B, 3, H, W] with one id per image; got {tuple(images.shape)} and {len(ids)} ids")
+        device = backbone.alphas_cumprod.device
+        net = FixedBatchEps(backbone, self.network_batch)
+        features = self.compute(net, images.to(device=device, dtype=torch.float32), ids).to(torch.float64).cpu()
+        bad = (~torch.isfinite(features)).any(dim=1).nonzero().flatten().tolist()
+        if bad:
+            raise FeatureError(
+                f"{self.name} produced non-finite features for {len(bad)} image(s) at batch positions {bad[:10]} "
+                f"(ids {ids[bad[:10]].tolist()}); check the inputs are finite and in [-1, 1] and the backbone is sound."
+            )
+        return features
+
+
+def moments(x: torch.Tensor, d: torch.Tensor, absolute: bool = False) -> torch.Tensor:
+    """[Σx, Σx², Σx³, Σd, Σd², Σd³] per image over all non-batch axes, accumulated in float64.
+
+    With `absolute`, the odd moments use |x| and |d| instead of the signed values."""
+    x, d = x.to(torch.float64).flatten(1), d.to(torch.float64).flatten(1)
+    if absolute:
+        xa, da = x.abs(), d.abs()
+        cols = [xa.sum(1), (x * x).sum(1), (xa**3).sum(1), da.sum(1), (d * d).sum(1), (da**3).sum(1)]
+    else:
+        cols = [x.sum(1), (x * x).sum(1), (x**3).sum(1), d.sum(1), (d * d).sum(1), (d**3).sum(1)]
+    return torch.stack(cols, dim=1)
