@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import ClassVar, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import torch
 
@@ -64,9 +64,9 @@ class Scorer:
     """Base: subclasses are dataclasses of their options and implement `compute`.
 
     `network_batch` is the fixed size of every network call (see FixedBatchEps); it changes speed
-    and memory, never the features."""
+    and memory, never the features on a given device. None: 8 on CPU, 256 on GPU."""
 
-    network_batch: int = 64
+    network_batch: Optional[int] = None
 
     name: ClassVar[str] = ""
     detector: ClassVar[str] = "gmm"  # the detector that fits these features: gmm | kde
@@ -90,7 +90,7 @@ class Scorer:
         if images.ndim != 4 or images.shape[1] != 3 or len(ids) != len(images):
             raise ValueError(f"images must be [B, 3, H, W] with one id per image; got {tuple(images.shape)} and {len(ids)} ids")
         device = backbone.alphas_cumprod.device
-        net = FixedBatchEps(backbone, self.network_batch)
+        net = FixedBatchEps(backbone, self.network_batch or (256 if device.type == "cuda" else 8))
         features = self.compute(net, images.to(device=device, dtype=torch.float32), ids).to(torch.float64).cpu()
         bad = (~torch.isfinite(features)).any(dim=1).nonzero().flatten().tolist()
         if bad:
