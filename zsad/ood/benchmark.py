@@ -154,7 +154,9 @@ def _run(cfg, out: Path, scorers: list[Scorer], backbone, image_size: int, logge
                     **m, "auroc_ci_low": lo, "auroc_ci_high": hi, "n_id": len(id_scores), "n_ood": len(scores),
                     "published_auroc": PUBLISHED_AUROC.get(scorer.name, {}).get((id_name, ood_name)),
                 })
-                np.savez(out / "detectors" / scorer.name / f"{id_alias}__scores_vs_{ood_alias}.npz", id_scores=id_scores, id_indices=id_test.indices, ood_scores=scores, ood_indices=ood_fs.indices)
+                score_file = out / "scores" / scorer.name / f"{id_alias}_vs_{ood_alias}.npz"  # every number traceable
+                score_file.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(score_file, id_scores=id_scores, id_indices=id_test.indices, ood_scores=scores, ood_indices=ood_fs.indices)
                 curves[ood_alias] = _roc(id_scores, scores, m["auroc"])
             curves_by[(scorer.name, id_alias)] = (curves, id_scores, ood_scores)
 

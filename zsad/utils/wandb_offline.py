@@ -50,8 +50,12 @@ def _value(item) -> Any:
     return json.loads(item.value_json)
 
 
-def _key(item) -> str:
-    return item.key or "/".join(item.nested_key)
+def _put(target: dict, item) -> None:
+    """Store one item; a nested key (a media or table value split into fields) becomes nested dicts."""
+    path = [item.key] if item.key else list(item.nested_key)
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+    target[path[-1]] = _value(item)
 
 
 def read_offline_run(run_dir: str | Path) -> dict:
@@ -70,15 +74,18 @@ def read_offline_run(run_dir: str | Path) -> dict:
         if kind == "run":
             out["run_id"] = rec.run.run_id
             for item in rec.run.config.update:
-                out["config"][_key(item)] = _value(item)
+                _put(out["config"], item)
         elif kind == "config":
             for item in rec.config.update:
-                out["config"][_key(item)] = _value(item)
+                _put(out["config"], item)
         elif kind == "history":
-            out["history"].append({_key(i): _value(i) for i in rec.history.item})
+            row: dict[str, Any] = {}
+            for item in rec.history.item:
+                _put(row, item)
+            out["history"].append(row)
         elif kind == "summary":
             for item in rec.summary.update:
-                out["summary"][_key(item)] = _value(item)
+                _put(out["summary"], item)
         elif kind == "files":
             out["files"] += [f.path for f in rec.files.files]
         elif kind == "exit":

@@ -1,0 +1,148 @@
+"""Issue 3: `zsad evaluate` end to end, caching, multi-process equivalence, resume, and user errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from zsad.utils.wandb_offline import find_offline_runs, read_offline_run
+
+SMOKE_EVAL = ["evaluate", "-c", "conf/eval/smoke.yaml"]
+
+
+@pytest.fixture(scope="module")
+def smoke_eval(smoke_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke_eval")
+    first = run_cli(*SMOKE_EVAL, f"backbone.path={smoke_checkpoint}", f"output_dir={out}")
+    return out, first
+
+
+def test_evaluate_writes_every_output(smoke_eval):
+    out, first = smoke_eval
+    for name in ("results.csv", "results.md", "results.json", "config.yaml"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert {r["scorer"] for r in rows} == {"diffpath_v2", "diffpath_6d", "diffpath_1d", "recon"}
+    assert len(rows) == 4 * 2 * 2  # scorers × ID × (OOD ≠ ID)
+    for r in rows:
+        assert 0 <= r["auroc"] <= 1 and r["auroc_ci_low"] <= r["auroc"] + 1e-9 and r["auroc"] - 1e-9 <= r["auroc_ci_high"]
+    assert {(r["id"], r["ood"]) for r in rows if r["shift"] == "far"} == {("gradients", "noise"), ("digits", "noise")}
+    assert {m["ood"] for m in results["means"]} == {"all", "far", "near"}
+    md = (out / "results.md").read_text()
+    assert "| diffpath_v2 | gradients | noise | far |" in md and "**mean**" in md
+    plots = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert "roc_diffpath_v2_gradients.png" in plots and "hist_recon_digits.png" in plots and len(plots) == 16
+    assert (out / "detectors" / "diffpath_v2" / "digits.json").is_file()
+    assert results["timing"]["extractions_run"] == 4 * 5  # 4 scorers × (2 ID-train + 3 test splits)
+    assert "[extract]" in first.stdout
+
+
+def test_second_run_reuses_the_cache(smoke_eval, smoke_checkpoint):
+    out, _ = smoke_eval
+    again = run_cli(*SMOKE_EVAL, f"backbone.path={smoke_checkpoint}", f"output_dir={out}")
+    assert "[extract]" not in again.stdout and again.stdout.count("[cache]") == 20
+    assert json.loads((out / "results.json").read_text())["timing"]["extractions_run"] == 0
+
+
+def test_wandb_run_holds_table_and_scalars(smoke_eval):
+    out, _ = smoke_eval
+    run_dirs = find_offline_runs(out)
+    runs = [read_offline_run(p) for p in run_dirs]
+    assert runs and all(r["exit_code"] == 0 for r in runs)
+    logged = {k: v for r in runs for row in r["history"] for k, v in row.items()}
+    assert logged["ood/results"]["_type"] == "table-file" and logged["ood/results"]["nrows"] == 16
+    table = json.loads((run_dirs[-1] / "files" / logged["ood/results"]["path"]).read_text())
+    assert table["columns"][:3] == ["scorer", "id", "ood"] and len(table["data"]) == 16
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    row = next(r for r in rows if (r["scorer"], r["id"], r["ood"]) == ("diffpath_v2", "gradients", "noise"))
+    assert logged["ood/diffpath_v2/gradients/noise/auroc"] == pytest.approx(row["auroc"])
+    assert any(k.startswith("plots/roc_diffpath_v2") for k in logged)
+
+
+def _features(cache_dir, scorer):
+    out = {}
+    for meta in sorted(cache_dir.glob(f"{scorer}/*/*/meta.json")):
+        with np.load(meta.parent / "features.npz") as data:
+            out[meta.parent.parent.name] = (data["indices"], data["features"])
+    return out
+
+
+def test_one_and_two_processes_give_identical_features(smoke_checkpoint, tmp_path):
+    common = [
+        *SMOKE_EVAL,
+        f"backbone.path={smoke_checkpoint}",
+        "scorers=[{name: diffpath_v2, options: {steps: 4}}]",
+        "id=[digits]",
+        "ood=[digits,noise]",
+        "far_pairs=[]",
+        "max_eval_images=13",  # odd: the two processes get 7 and 6 images, no padding duplicates
+        "batch_size=5",
+        "logger=none",
+    ]
+    run_cli(*common, f"output_dir={tmp_path / 'one'}")
+    run_cli(*common, f"output_dir={tmp_path / 'two'}", "trainer.devices=2", "trainer.strategy=ddp", timeout=900)
+    one, two = _features(tmp_path / "one" / "feature_cache", "diffpath_v2"), _features(tmp_path / "two" / "feature_cache", "diffpath_v2")
+    assert one.keys() == two.keys() == {"digits_train", "digits_test", "noise_test"}
+    for key in one:
+        assert np.array_equal(one[key][0], two[key][0]) and len(set(two[key][0].tolist())) == len(two[key][0])
+        assert np.array_equal(one[key][1], two[key][1]), key
+    assert len(two["noise_test"][0]) == 13
+
+
+def test_interrupted_extraction_resumes_and_config_changes_invalidate(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from helpers import random_backbone
+    from zsad.config.schema import DataConfig
+    from zsad.data import build_dataset
+    from zsad.ood.extraction import FeatureCache, extract_features
+    from zsad.ood.scorers import build_scorer, image_seeds
+
+    backbone = random_backbone()
+    dataset = build_dataset(OmegaConf.structured(DataConfig(name="shapes", split="test", image_size=16, options={"count": 10})))
+    scorer = build_scorer("diffpath_v2", steps=3, network_batch=4)
+    kw = dict(seed=0, trainer_kwargs=dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False), batch_size=4, num_workers=0)
+    ident = {"sha256": backbone.fingerprint}
+    reference = extract_features(backbone, ident, scorer, dataset, FeatureCache(tmp_path / "ref"), **kw)
+
+    # An earlier run that died after finishing images 0..3: its shard is on disk, no final file.
+    cache = FeatureCache(tmp_path / "resume")
+    from zsad.ood.extraction import cache_key
+
+    folder = cache.folder(scorer, dataset, cache_key(ident, dataset, scorer, 0))
+    (folder / "shards").mkdir(parents=True)
+    x = torch.stack([dataset[i][0] for i in range(4)])
+    feats = scorer(backbone, x, image_seeds(0, "shapes", "test", range(4)))
+    torch.save({"index": torch.arange(4), "features": feats}, folder / "shards" / "part-old-r0-b000000.pt")
+    resumed = extract_features(backbone, ident, scorer, dataset, cache, log=print, **kw)
+    assert "6 images, resuming: 4 already done" in capsys.readouterr().out
+    assert np.array_equal(resumed.indices, reference.indices) and np.array_equal(resumed.features, reference.features)
+    assert not (folder / "shards").exists()
+
+    changed = build_scorer("diffpath_v2", steps=4, network_batch=4)
+    fresh = extract_features(backbone, ident, changed, dataset, cache, **kw)
+    assert not fresh.from_cache and not np.array_equal(fresh.features, reference.features)
+    assert extract_features(backbone, ident, scorer, dataset, cache, **kw).from_cache
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["scorers=[{name: diffpath_v3}]"], "Unknown scorer 'diffpath_v3'.*Known scorers: diffpath_v2, diffpath_6d, diffpath_1d, recon"),
+        (["backbone.path=/nonexistent/model.ckpt"], "Checkpoint '/nonexistent/model.ckpt' does not exist"),
+        (["datasets.digits.name=cifar10", "datasets.digits.root=/nonexistent"], r"cifar10 \(train\) not found under '/nonexistent'"),
+        (["id=[celeba]"], "Dataset alias 'celeba' is used in id/ood but not defined"),
+    ],
+)
+def test_evaluate_user_errors(smoke_checkpoint, tmp_path, overrides, message):
+    import re
+
+    args = [*SMOKE_EVAL, f"backbone.path={smoke_checkpoint}", f"output_dir={tmp_path}", "logger=none", *overrides]
+    proc = run_cli(*args, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.search(message, proc.stderr, re.S), proc.stderr[-2000:]

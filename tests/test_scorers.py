@@ -1,0 +1,111 @@
+"""Issue 3: scorers are deterministic per image, exact on hand-made cases, and fail loudly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zsad
+from helpers import NaNBackbone, OracleBackbone, ZeroBackbone, random_backbone
+from zsad.errors import ConfigError, FeatureError, UnknownNameError
+from zsad.ood.scorers import SCORERS, image_seeds
+from zsad.ood.scorers.diffpath_v2 import ssim_weight
+
+FAST = {
+    "diffpath_v2": {"steps": 4},
+    "diffpath_6d": {"steps": 4},
+    "diffpath_1d": {"steps": 4},
+    "recon": {"levels": [0.2, 0.5], "steps": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return random_backbone()
+
+
+@pytest.fixture(scope="module")
+def images():
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(14, 3, 16, 16, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("name", sorted(SCORERS))
+def test_features_do_not_depend_on_batch_size_or_order(backbone, images, name):
+    scorer = zsad.build_scorer(name, network_batch=4, **FAST[name])
+    ids = image_seeds(0, "unit", "test", range(len(images)))
+    one = torch.cat([scorer(backbone, images[i : i + 1], ids[i : i + 1]) for i in range(len(images))])
+    seven = torch.cat([scorer(backbone, images[i : i + 7], ids[i : i + 7]) for i in range(0, len(images), 7)])
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))
+    shuffled = scorer(backbone, images[perm], ids[perm])
+    assert one.dtype == torch.float64 and one.shape == (14, len(scorer.feature_names))
+    assert torch.equal(one, seven), f"max diff {(one - seven).abs().max()}"
+    assert torch.equal(shuffled, one[perm])
+    assert torch.isfinite(one).all()
+
+
+def test_network_batch_does_not_change_features(backbone, images):
+    ids = image_seeds(0, "unit", "test", range(6))
+    a = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4)(backbone, images[:6], ids)
+    b = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4)(backbone, images[:6], ids)
+    assert torch.equal(a, b)
+    assert zsad.build_scorer("diffpath_v2", network_batch=4).options() == zsad.build_scorer("diffpath_v2", network_batch=32).options()
+
+
+def test_noise_is_seeded_per_image_identity(backbone, images):
+    scorer = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4)
+    x = images[:1].repeat(2, 1, 1, 1)
+    same = scorer(backbone, x, image_seeds(0, "d", "test", [5, 5]))
+    other = scorer(backbone, x, image_seeds(0, "d", "test", [5, 6]))
+    assert torch.equal(same[0], same[1]) and not torch.equal(other[0], other[1])
+    assert not torch.equal(image_seeds(0, "d", "test", [5]), image_seeds(1, "d", "test", [5]))
+    assert not torch.equal(image_seeds(0, "d", "train", [5]), image_seeds(0, "d", "test", [5]))
+
+
+@pytest.mark.parametrize("weighting", ["none", "ssim"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_oracle_backbone_gives_zero_error_features(weighting, shared):
+    x0 = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    oracle = OracleBackbone(x0[0])
+    feats = zsad.build_scorer("diffpath_v2", steps=10, weighting=weighting, shared_noise=shared)(oracle, x0.repeat(3, 1, 1, 1), [1, 2, 3])
+    assert feats.abs().max() < 1e-3, feats
+    # The same images with a useless backbone (ε̂ = 0) give large errors: the test can fail.
+    zero = zsad.build_scorer("diffpath_v2", steps=10, weighting=weighting, shared_noise=shared)(ZeroBackbone(), x0.repeat(3, 1, 1, 1), [1, 2, 3])
+    assert zero[:, 1].min() > 1.0
+
+
+def test_ssim_weight_is_zero_where_the_prediction_is_exact():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    w = ssim_weight(x, x.clone())
+    assert w.shape == x.shape and w.max() < 1e-6
+    y = x.clone()
+    y[:, :, :, 24:] = -y[:, :, :, 24:]  # change only the right quarter
+    w = ssim_weight(x, y)
+    assert w[..., :12].max() < 1e-6, "left of the window reach nothing changed"
+    assert w[..., 26:].mean() > 0.2 and 0 <= w.min() and w.max() <= 1
+
+
+def test_ddim_inversion_trajectory_option(backbone, images):
+    ids = image_seeds(0, "u", "test", range(4))
+    fwd = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4)(backbone, images[:4], ids)
+    inv = zsad.build_scorer("diffpath_v2", steps=4, trajectory="ddim_inversion", network_batch=4)(backbone, images[:4], ids)
+    absm = zsad.build_scorer("diffpath_v2", steps=4, moments="abs", network_batch=4)(backbone, images[:4], ids)
+    assert not torch.equal(fwd, inv) and torch.isfinite(inv).all()
+    assert (absm[:, [0, 2, 3, 5]] >= 0).all() and torch.equal(absm[:, [1, 4]], fwd[:, [1, 4]])
+
+
+def test_non_finite_features_name_the_images():
+    x = torch.full((4, 3, 8, 8), -0.5)
+    x[2, 0, 0, 0] = 0.5
+    with pytest.raises(FeatureError, match=r"batch positions \[2\]"):
+        zsad.build_scorer("diffpath_6d", steps=3)(NaNBackbone(), x, [10, 11, 12, 13])
+
+
+def test_unknown_scorer_and_option():
+    with pytest.raises(UnknownNameError, match="Known scorers: diffpath_v2, diffpath_6d, diffpath_1d, recon"):
+        zsad.build_scorer("diffpath_v3")
+    with pytest.raises(ConfigError, match="no option.*stepz.*Valid options"):
+        zsad.build_scorer("diffpath_v2", stepz=3)
+    with pytest.raises(ConfigError, match="trajectory"):
+        zsad.build_scorer("diffpath_v2", trajectory="backward")
