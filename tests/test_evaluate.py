@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +147,29 @@ def test_evaluate_user_errors(smoke_checkpoint, tmp_path, overrides, message):
     proc = run_cli(*args, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert re.search(message, proc.stderr, re.S), proc.stderr[-2000:]
+
+
+def test_score_a_folder_with_a_fitted_detector(smoke_eval, smoke_checkpoint, tmp_path):
+    import csv
+
+    from PIL import Image
+
+    out, _ = smoke_eval
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    from zsad.data import make_builtin
+
+    for i, img in enumerate(make_builtin("noise", "test", 3)):
+        Image.fromarray(img).save(folder / f"noise_{i}.png")
+    Image.fromarray(make_builtin("gradients", "test", 1)[0]).save(folder / "ramp.png")
+    run_cli(
+        "score", "-c", "conf/score/default.yaml", f"images={folder}", f"detector={out / 'detectors' / 'diffpath_v2' / 'gradients'}",
+        f"backbone.path={smoke_checkpoint}", "heatmaps=true", f"output={tmp_path / 'scores.csv'}",
+    )
+    with open(tmp_path / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["file"]).name for r in rows] == ["noise_0.png", "noise_1.png", "noise_2.png", "ramp.png"]
+    scores = {Path(r["file"]).name: float(r["anomaly_score"]) for r in rows}
+    assert all(np.isfinite(list(scores.values())))
+    assert min(scores[f"noise_{i}.png"] for i in range(3)) > scores["ramp.png"], "noise must look more anomalous than a gradient to a gradients detector"
+    assert len(list((tmp_path / "heatmaps").glob("*_error.png"))) == 4
