@@ -11,8 +11,15 @@ from conftest import REPO
 from zsad.config import ConfigError, load_config
 from zsad.config import schema as S
 
-TOP_LEVEL = {"train": S.TrainConfig}
+TOP_LEVEL = {"train": S.TrainConfig, "eval": S.EvalConfig, "score": S.ScoreConfig}
 PIECES = {"data": S.DataConfig, "model": S.ModelConfig, "trainer": S.TrainerConfig, "logger": S.LoggerConfig}
+
+
+def _piece_schema(group: str, path: Path):
+    """conf/model holds network definitions for training and, with a `format` key, backbone presets."""
+    if group == "model" and "format" in OmegaConf.load(path):
+        return S.BackboneConfig
+    return PIECES[group]
 
 
 def _top_level_configs():
@@ -32,7 +39,21 @@ def test_every_config_piece_fits_its_schema(group, schema):
     files = sorted((REPO / "conf" / group).glob("*.yaml"))
     assert files, f"no configs in conf/{group}"
     for path in files:
-        OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path))
+        OmegaConf.merge(OmegaConf.structured(_piece_schema(group, path)), OmegaConf.load(path))
+
+
+def test_dataset_groups_fit_the_data_schema():
+    for path in sorted((REPO / "conf" / "datasets").glob("*.yaml")):
+        for alias, data in OmegaConf.load(path).items():
+            OmegaConf.merge(OmegaConf.structured(S.DataConfig), data)
+
+
+def test_backbone_presets_match_the_loader_presets():
+    from zsad.diffusion.improved_diffusion import PRESETS, resolve_config
+
+    for name, file in (("diffpath-celeba32", "diffpath_celeba32"), ("openai-imagenet64", "openai_imagenet64")):
+        yaml = OmegaConf.load(REPO / "conf" / "model" / f"{file}.yaml")
+        assert resolve_config(OmegaConf.to_container(yaml.config)) == PRESETS[name]
 
 
 def test_group_selection_and_dotlist_overrides():

@@ -155,3 +155,16 @@ def test_wrong_preset_names_the_one_that_fits(tmp_path):
     assert backbone.num_timesteps == 4000 and backbone.image_size == 32
     with pytest.raises(BackboneLoadError, match="needs backbone.config"):
         zsad.load_backbone(path)
+
+
+def test_evaluate_runs_unchanged_on_an_improved_diffusion_backbone(tmp_path):
+    from conftest import run_cli
+
+    run_cli(
+        "evaluate", "-c", "conf/eval/smoke.yaml", f"backbone.path={F / 'small_state_dict.pt'}", f"backbone.config={F / 'small_config.json'}",
+        "scorers=[{name: diffpath_6d, options: {steps: 10}}]", "id=[digits]", "ood=[digits,noise]", "far_pairs=[]",
+        "max_eval_images=12", "max_fit_images=24", "logger=none", f"output_dir={tmp_path}",
+    )
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["image_size"] == 32 and results["backbone"]["format"] == "auto"
+    assert [(r["id"], r["ood"]) for r in results["rows"]] == [("digits", "noise")]

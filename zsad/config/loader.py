@@ -1,7 +1,8 @@
 """Compose a config from YAML pieces, apply command-line overrides, validate against a schema.
 
 A config file may start with a `defaults:` mapping, group -> name, e.g. `{model: unet_celeba32}`;
-each entry loads `<conf root>/<group>/<name>.yaml` under the key `<group>`. The file's own keys are
+each entry loads `<conf root>/<group>/<name>.yaml` under the key `<group>` (a name with a slash,
+`{backbone: model/diffpath_celeba32}`, loads `<conf root>/model/diffpath_celeba32.yaml` instead). The file's own keys are
 merged on top, then `key=value` overrides. An override whose key is a group folder (`logger=csv`)
 selects another file of that group instead.
 """
@@ -76,9 +77,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), schema: Optiona
     schema_cfg = OmegaConf.structured(schema) if schema is not None else OmegaConf.create({})
     cfg = schema_cfg
     for group, name in defaults.items():
-        piece_path = conf_root / group / f"{name}.yaml"
+        piece_path = conf_root / (f"{name}.yaml" if "/" in str(name) else f"{group}/{name}.yaml")
         if not piece_path.is_file():
-            options = sorted(p.stem for p in (conf_root / group).glob("*.yaml"))
+            options = sorted(p.stem for p in piece_path.parent.glob("*.yaml"))
             raise ConfigError(f"'{group}: {name}' (in {path}) names {piece_path}, which does not exist. Options: {', '.join(options)}.")
         piece = OmegaConf.create({})
         OmegaConf.update(piece, group, OmegaConf.load(piece_path), force_add=True)

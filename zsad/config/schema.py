@@ -128,7 +128,7 @@ class BackboneConfig:
 
     path: str = "???"
     format: str = "auto"  # auto | zsad | improved-diffusion
-    config: Optional[str] = None  # improved-diffusion: preset name or JSON file
+    config: Any = None  # improved-diffusion: preset name, JSON file, or the hyper-parameters as a mapping
     use_ema: bool = True  # zsad checkpoints: EMA weights (default) or online weights
 
 

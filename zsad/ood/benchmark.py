@@ -45,7 +45,9 @@ def validate(cfg: DictConfig) -> None:
 
 
 def backbone_identity(cfg: DictConfig, backbone) -> dict:
-    return {"sha256": backbone.fingerprint, "format": str(cfg.backbone.format), "config": cfg.backbone.config, "use_ema": bool(cfg.backbone.use_ema)}
+    config = cfg.backbone.config
+    config = OmegaConf.to_container(config) if OmegaConf.is_config(config) else config
+    return {"sha256": backbone.fingerprint, "format": str(cfg.backbone.format), "config": config, "use_ema": bool(cfg.backbone.use_ema)}
 
 
 def dataset_for(cfg: DictConfig, alias: str, split: str, image_size: int):
@@ -84,7 +86,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_nonce()  # fixed before Lightning starts other processes, which inherit it
     out = Path(cfg.output_dir)
     scorers = build_scorers(cfg)
-    backbone = load_backbone(cfg.backbone.path, format=str(cfg.backbone.format), config=cfg.backbone.config, use_ema=bool(cfg.backbone.use_ema))
+    config = cfg.backbone.config
+    config = OmegaConf.to_container(config) if OmegaConf.is_config(config) else config
+    backbone = load_backbone(cfg.backbone.path, format=str(cfg.backbone.format), config=config, use_ema=bool(cfg.backbone.use_ema))
     image_size = int(cfg.image_size or backbone.image_size)
     rank0 = _rank() == 0
     loggers = []

@@ -45,7 +45,8 @@ def score_images(cfg: DictConfig) -> Path:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
     if OmegaConf.is_missing(cfg.backbone, "path"):
         raise ConfigError("backbone.path is not set: the checkpoint the detector's features came from.")
-    backbone = load_backbone(cfg.backbone.path, format=str(cfg.backbone.format), config=cfg.backbone.config, use_ema=bool(cfg.backbone.use_ema), device=device)
+    config = OmegaConf.to_container(cfg.backbone.config) if OmegaConf.is_config(cfg.backbone.config) else cfg.backbone.config
+    backbone = load_backbone(cfg.backbone.path, format=str(cfg.backbone.format), config=config, use_ema=bool(cfg.backbone.use_ema), device=device)
     if backbone.fingerprint != feat["backbone"]["sha256"]:
         warnings.warn(f"{cfg.backbone.path} is not the checkpoint the detector was fitted with (sha256 differs); scores are not comparable.", stacklevel=2)
 
