@@ -81,6 +81,8 @@ def test_wrong_type_and_malformed_override():
         load_config(REPO / "conf/train/smoke.yaml", ["batch_size=many"], S.TrainConfig)
     with pytest.raises(ConfigError, match="not of the form key=value"):
         load_config(REPO / "conf/train/smoke.yaml", ["batch_size"], S.TrainConfig)
+    with pytest.raises(ConfigError, match="Could not parse overrides"):
+        load_config(REPO / "conf/train/smoke.yaml", ["model.unet.dim_mults=[1,2"], S.TrainConfig)
 
 
 def test_missing_file_and_missing_group_option(tmp_path):

@@ -57,7 +57,7 @@ def test_ddp_two_processes_disjoint_covering_shards(tmp_path):
         f"output_dir={tmp_path}",
         timeout=900,
     )
-    seen = [json.loads((tmp_path / "sample_indices" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    seen = [[i for line in (tmp_path / "sample_indices" / f"rank{r}.jsonl").read_text().splitlines() for i in json.loads(line)["indices"]] for r in (0, 1)]
     assert len(seen[0]) == len(seen[1]) == steps * batch // 2
     assert not set(seen[0]) & set(seen[1]), "the two processes saw overlapping images"
     assert sorted(seen[0] + seen[1]) == list(range(256)), "one epoch over 2 processes must cover the set once"

@@ -16,7 +16,10 @@ def _cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.overrides, TrainConfig)
     result = train(cfg)
-    print(f"training finished at step {result['global_step']}; checkpoint: {result['last_checkpoint']}")
+    if result["preempted"]:
+        print(f"training stopped for preemption at step {result['global_step']}; it resumes from {result['last_checkpoint']}")
+    else:
+        print(f"training finished at step {result['global_step']}; checkpoint: {result['last_checkpoint']}")
     return 0
 
 

@@ -87,7 +87,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), schema: Optiona
     cfg = _merge(cfg, raw, schema_cfg, str(path))
     try:
         cli = OmegaConf.from_dotlist(dotlist)
-    except OmegaConfBaseException as err:
+    except Exception as err:  # noqa: BLE001 - OmegaConf and YAML parser errors alike
         raise ConfigError(f"Could not parse overrides {dotlist}: {err}") from None
     cfg = _merge(cfg, cli, schema_cfg, "command-line overrides")
     if schema is not None:

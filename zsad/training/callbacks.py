@@ -93,4 +93,48 @@ class FinalCheckpoint(L.Callback):
         self.path = Path(path)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        trainer.save_checkpoint(self.path)
+        if getattr(pl_module, "stop_requested", False):
+            return  # stopped for preemption: SlurmPreemption already wrote the checkpoint of this step
+        trainer.save_checkpoint(self.path, weights_only=False)
+
+
+class SlurmPreemption(L.Callback):
+    """On SIGUSR1 (Slurm's --signal before the time limit, or `scancel --signal=USR1`): at the next step
+    boundary every process agrees to stop, last.ckpt is written, and rank 0 runs `scontrol requeue`.
+
+    Lightning's own handler checkpoints inside the signal handler, possibly mid-step and while the
+    other processes are in a collective; deciding at a step boundary keeps the state exact."""
+
+    def __init__(self, checkpoint_path: str | Path, signum: int | None = None):
+        import signal
+
+        self.path = Path(checkpoint_path)
+        self.signum = signum if signum is not None else signal.SIGUSR1
+        self.flag = False
+        self.requeued = False
+
+    def _handler(self, signum, frame) -> None:
+        self.flag = True
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        import signal
+
+        signal.signal(self.signum, self._handler)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stop = trainer.strategy.reduce_boolean_decision(self.flag, all=False)
+        if not stop or self.requeued:
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self.requeued = True
+        trainer.should_stop = True
+        pl_module.stop_requested = True  # no further step may run after this checkpoint
+        if trainer.is_global_zero:
+            import subprocess
+
+            job = os.environ.get("SLURM_ARRAY_JOB_ID")
+            job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ.get("SLURM_JOB_ID", "")
+            print(f"[zsad] preemption signal: checkpoint at step {trainer.global_step} written to {self.path}; requeueing job {job}", flush=True)
+            if job:
+                result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+                print(f"[zsad] scontrol requeue {job}: exit {result.returncode} {result.stderr.strip()}", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -35,7 +36,6 @@ class DiffusionTrainingModule(L.LightningModule):
         model_cfg = OmegaConf.create(config["model"])
         self.diffusion = build_diffusion(model_cfg, image_size, sampling_steps=config["samples"]["sampling_steps"])
         self.ema = ImageCountedEMA(self.diffusion, config["ema"]["halflife_images"], config["ema"]["rampup_ratio"])
-        self._seen_indices: list[int] = []
 
     # ---- data -------------------------------------------------------------------------------
     def train_dataloader(self) -> StepIndexedDataLoader:
@@ -58,12 +58,19 @@ class DiffusionTrainingModule(L.LightningModule):
         return StepIndexedDataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
     # ---- optimisation -------------------------------------------------------------------------
+    stop_requested = False  # set by SlurmPreemption once the preemption checkpoint is written
+
+    def on_train_batch_start(self, batch, batch_idx: int):
+        if self.stop_requested:
+            return -1  # Lightning: skip the rest of the epoch (= the rest of training)
+        return None
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, idx = batch
         torch.manual_seed(step_seed(int(self.cfg["seed"]), self.global_step, self.global_rank))
         loss = self.diffusion(x)
         if self.cfg.get("record_sample_indices"):
-            self._seen_indices.extend(int(i) for i in idx)
+            self._record(idx)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         self.log("train/images_seen", float((self.global_step + 1) * int(self.cfg["batch_size"])), on_step=True, on_epoch=False)
@@ -88,11 +95,13 @@ class DiffusionTrainingModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _Warmup(warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def on_train_end(self) -> None:
-        if self.cfg.get("record_sample_indices"):
-            out = Path(self.cfg["output_dir"]) / "sample_indices"
-            out.mkdir(parents=True, exist_ok=True)
-            (out / f"rank{self.global_rank}.json").write_text(json.dumps(self._seen_indices))
+    def _record(self, idx: torch.Tensor) -> None:
+        """Append (step, restart, indices) for this process: the audit trail of what each step trained on."""
+        out = Path(self.cfg["output_dir"]) / "sample_indices"
+        out.mkdir(parents=True, exist_ok=True)
+        line = {"step": self.global_step, "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")), "indices": [int(i) for i in idx]}
+        with open(out / f"rank{self.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
 
 
 class _Warmup:

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from zsad.config import ConfigError, save_config, to_plain
-from zsad.training.callbacks import AtomicCheckpointIO, FinalCheckpoint, SampleGrid, Throughput
+from zsad.training.callbacks import AtomicCheckpointIO, FinalCheckpoint, SampleGrid, SlurmPreemption, Throughput
 from zsad.training.module import DiffusionTrainingModule
 from zsad.utils.loggers import build_logger, close_loggers
 
@@ -68,8 +68,16 @@ def train(cfg: DictConfig) -> dict:
         save_top_k=-1 if cfg.checkpoint.keep_periodic else 1,
         save_last=True,
         save_on_train_epoch_end=True,
+        enable_version_counter=False,  # a resumed run must keep writing last.ckpt, not last-v1.ckpt
     )
     callbacks = [ckpt_cb, FinalCheckpoint(out / "checkpoints" / "last.ckpt"), Throughput(int(cfg.batch_size))]
+    plugins: list = [AtomicCheckpointIO()]
+    if os.environ.get("SLURM_JOB_ID"):
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        callbacks.append(SlurmPreemption(out / "checkpoints" / "last.ckpt"))
+        if SLURMEnvironment.detect():
+            plugins.append(SLURMEnvironment(auto_requeue=False))  # SlurmPreemption handles SIGUSR1
     if cfg.samples.every_n_steps:
         callbacks.append(SampleGrid(out, int(cfg.samples.every_n_steps), int(cfg.samples.num), int(cfg.samples.seed)))
     trainer = L.Trainer(
@@ -85,7 +93,7 @@ def train(cfg: DictConfig) -> dict:
         enable_progress_bar=bool(cfg.trainer.enable_progress_bar),
         logger=loggers or False,
         callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         use_distributed_sampler=False,  # StepBatchSampler shards the data itself
         num_sanity_val_steps=0,
         default_root_dir=str(out),
@@ -97,4 +105,5 @@ def train(cfg: DictConfig) -> dict:
     finally:
         close_loggers(loggers, failed=failed)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return {"metrics": metrics, "last_checkpoint": str(out / "checkpoints" / "last.ckpt"), "global_step": trainer.global_step}
+    preempted = any(getattr(cb, "requeued", False) for cb in callbacks)
+    return {"metrics": metrics, "last_checkpoint": str(out / "checkpoints" / "last.ckpt"), "global_step": trainer.global_step, "preempted": preempted}
