@@ -1,0 +1,112 @@
+"""`make bench`: CPU speed of every scorer on a DiffPath CelebA-32-sized model (random weights), the
+share of time spent outside network calls, peak memory, and GMM fit time on 50,000 × 6 features.
+
+Each measurement runs in a fresh process so peak RSS belongs to that scorer alone.
+Usage: python bench/bench_scorers.py [--images 32] [--batch 16] [--skip-grid] [--out bench/results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import time
+
+SCORERS = {
+    "diffpath_v2": {"steps": 10},
+    "diffpath_6d": {"steps": 10},
+    "diffpath_1d": {"steps": 10},
+    "recon": {"levels": [0.1, 0.25, 0.4], "steps": 10},
+}
+
+
+def _scorer_worker(name: str, options: dict, images: int, batch: int, network_batch: int, queue) -> None:
+    import torch
+
+    import zsad
+    from zsad.diffusion.improved_diffusion import PRESETS, ImprovedDiffusionBackbone
+    from zsad.ood.scorers import image_seeds
+
+    torch.manual_seed(0)
+    cfg = PRESETS["diffpath-celeba32"]
+    backbone = ImprovedDiffusionBackbone(cfg.build().eval().requires_grad_(False), cfg, "bench")
+    calls = {"t": 0.0, "n": 0}
+    inner = backbone.predict_eps
+
+    def timed(x, t):
+        start = time.perf_counter()
+        out = inner(x, t)
+        calls["t"] += time.perf_counter() - start
+        calls["n"] += len(x)
+        return out
+
+    backbone.predict_eps = timed
+    scorer = zsad.build_scorer(name, network_batch=network_batch, **options)
+    x = torch.rand(images, 3, 32, 32) * 2 - 1
+    scorer(backbone, x[:2], image_seeds(0, "bench", "test", range(2)))  # warm-up
+    calls.update(t=0.0, n=0)
+    start = time.perf_counter()
+    for i in range(0, images, batch):
+        scorer(backbone, x[i : i + batch], image_seeds(0, "bench", "test", range(i, i + batch)))
+    total = time.perf_counter() - start
+    queue.put({
+        "scorer": name, "options": options, "images": images, "images_per_s": images / total,
+        "network_rows_per_image": calls["n"] / images, "outside_network_share": 1 - calls["t"] / total,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    })
+
+
+def _gmm_worker(mode: str, n: int, queue) -> None:
+    import numpy as np
+
+    from zsad.ood.detector import GMMDetector
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 4, (20, 6))
+    x = centers[rng.integers(0, 20, n)] + rng.normal(0, 1, (n, 6))
+    start = time.perf_counter()
+    det = GMMDetector(mode=mode, n_jobs=None).fit(x)
+    queue.put({"mode": mode, "n": n, "fit_s": time.perf_counter() - start, "best_params": det.best_params_})
+
+
+def _run(target, *args) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--network-batch", type=int, default=8)
+    parser.add_argument("--gmm-samples", type=int, default=50_000)
+    parser.add_argument("--skip-grid", action="store_true", help="skip the (slow) grid-mode GMM fit")
+    parser.add_argument("--out", default="bench/results.json")
+    args = parser.parse_args()
+    import torch
+
+    report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "scorers": [], "gmm": []}
+    print(f"# zsad bench on {report['machine']}: DiffPath CelebA-32-size UNet (52.5M parameters, random weights), 32×32")
+    print(f"{'scorer':<12} {'img/s':>8} {'net rows/img':>13} {'outside net':>12} {'peak RSS':>10}")
+    for name, options in SCORERS.items():
+        r = _run(_scorer_worker, name, options, args.images, args.batch, args.network_batch)
+        report["scorers"].append(r)
+        print(f"{name:<12} {r['images_per_s']:8.2f} {r['network_rows_per_image']:13.1f} {100 * r['outside_network_share']:11.1f}% {r['peak_rss_mib']:8.0f} MiB", flush=True)
+    for mode in (("fast",) if args.skip_grid else ("fast", "grid")):
+        r = _run(_gmm_worker, mode, args.gmm_samples)
+        report["gmm"].append(r)
+        print(f"GMM {mode:<5} on {args.gmm_samples} × 6: {r['fit_s']:.1f} s  ({r['best_params']})", flush=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

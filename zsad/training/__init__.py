@@ -1,0 +1,1 @@
+"""Training of the base diffusion model (Lightning module, sampler, EMA, callbacks)."""
