@@ -149,3 +149,19 @@ def test_corrupt_image_error_names_the_file(tmp_path):
     # Opting in skips the file with a warning and trains on the six good images.
     proc = run_cli(*common, "batch_size=6", "data.skip_corrupt=true", f"output_dir={tmp_path / 'b'}")
     assert "skipped 1 unreadable image" in proc.stderr
+
+
+def test_wandb_run_is_closed_as_failed_when_training_fails(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(7):
+        Image.fromarray(np.full((20, 20, 3), 30 * i, np.uint8)).save(images / f"ok_{i}.png")
+    (images / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    out = tmp_path / "run"
+    proc = run_cli(*SMOKE_TRAIN, "data.name=imagefolder", f"data.root={images}", "batch_size=8", "trainer.max_steps=3", f"output_dir={out}", check=False)
+    assert proc.returncode == 2 and "zz_broken.png" in proc.stderr
+    runs = [read_offline_run(p) for p in find_offline_runs(out)]
+    assert len(runs) == 1 and runs[0]["exit_code"] == 1, "the W&B run must be finished, and marked failed"

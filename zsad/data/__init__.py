@@ -1,0 +1,16 @@
+"""Datasets (design.md §2 preprocessing): a registry of real and built-in offline sets."""
+
+from zsad.data.base import ImageDataset
+from zsad.errors import CorruptImageError, DatasetNotFoundError
+from zsad.data.builtin import BUILTIN_NAMES, make_builtin
+from zsad.data.registry import DATASETS, build_dataset
+
+__all__ = [
+    "BUILTIN_NAMES",
+    "DATASETS",
+    "CorruptImageError",
+    "DatasetNotFoundError",
+    "ImageDataset",
+    "build_dataset",
+    "make_builtin",
+]
