@@ -18,7 +18,7 @@ from zsad.data import build_dataset
 from zsad.diffusion.loading import load_backbone
 from zsad.errors import ConfigError
 from zsad.ood.detector import GMMDetector, KDEDetector
-from zsad.ood.extraction import FeatureCache, FeatureSet, extract_features, run_nonce
+from zsad.ood.extraction import FeatureCache, FeatureSet, configure_precision, extract_features, run_nonce
 from zsad.ood.metrics import bootstrap_auroc_ci, ood_metrics
 from zsad.ood.published import PUBLISHED_AUROC
 from zsad.ood.report import mean_rows, plot_histograms, plot_roc, write_results
@@ -106,6 +106,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def _run(cfg, out: Path, scorers: list[Scorer], backbone, image_size: int, loggers) -> dict[str, Any]:
     t0 = time.time()
+    configure_precision(bool(cfg.trainer.allow_tf32))
     cache = FeatureCache(cfg.cache_dir)
     identity = backbone_identity(cfg, backbone)
     trainer_kwargs = dict(

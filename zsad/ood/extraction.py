@@ -83,6 +83,14 @@ class ShardWriter(BasePredictionWriter):
         os.replace(tmp, self.shard_dir / name)
 
 
+def configure_precision(allow_tf32: bool = False) -> None:
+    """Full float32 unless asked: PyTorch lets cuDNN use TF32 by default, which changes ε̂ at ~1e-3;
+    and no cuDNN autotuning, so every call of one shape runs the same kernels."""
+    torch.backends.cudnn.allow_tf32 = bool(allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = bool(allow_tf32)
+    torch.backends.cudnn.benchmark = False
+
+
 def run_nonce() -> str:
     """One id shared by all processes of this run (set before Lightning or srun starts them), so that
     every process agrees on which shards came from an earlier, interrupted run."""

@@ -17,6 +17,7 @@ from zsad.data import build_dataset
 from zsad.diffusion.loading import load_backbone
 from zsad.errors import ConfigError
 from zsad.ood.detector import load_detector
+from zsad.ood.extraction import configure_precision
 from zsad.ood.scorers import build_scorer, image_seeds
 from zsad.ood.scorers.base import FixedBatchEps
 
@@ -42,6 +43,7 @@ def score_images(cfg: DictConfig) -> Path:
     options = {k: v for k, v in feat["scorer"].items() if k != "name"}
     scorer = build_scorer(feat["scorer"]["name"], **options)
     detector = load_detector(det_path)
+    configure_precision(False)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
     if OmegaConf.is_missing(cfg.backbone, "path"):
         raise ConfigError("backbone.path is not set: the checkpoint the detector's features came from.")
