@@ -134,15 +134,21 @@ def test_user_errors_are_clear(tmp_path, overrides, message):
     assert re.search(message, proc.stderr, re.S), proc.stderr[-2000:]
 
 
-def test_corrupt_image_error_names_the_file(tmp_path):
+def _folder_with_a_broken_png(tmp_path, good: int, broken: str):
+    """`good` small valid PNGs and one file with a PNG signature and no image data."""
     import numpy as np
     from PIL import Image
 
     images = tmp_path / "imgs"
     images.mkdir()
-    for i in range(6):
-        Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(images / f"ok_{i}.png")
-    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    for i in range(good):
+        Image.fromarray(np.full((20, 20, 3), 30 * i, np.uint8)).save(images / f"ok_{i}.png")
+    (images / broken).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    return images
+
+
+def test_corrupt_image_error_names_the_file(tmp_path):
+    images = _folder_with_a_broken_png(tmp_path, 6, "broken.png")
     common = [*SMOKE_TRAIN, "data.name=imagefolder", f"data.root={images}", "trainer.max_steps=2", "batch_size=7", "logger=none"]
     proc = run_cli(*common, f"output_dir={tmp_path / 'a'}", check=False)
     assert proc.returncode == 2 and "broken.png" in proc.stderr and "data.skip_corrupt=true" in proc.stderr, proc.stderr[-2000:]
@@ -152,14 +158,7 @@ def test_corrupt_image_error_names_the_file(tmp_path):
 
 
 def test_wandb_run_is_closed_as_failed_when_training_fails(tmp_path):
-    import numpy as np
-    from PIL import Image
-
-    images = tmp_path / "imgs"
-    images.mkdir()
-    for i in range(7):
-        Image.fromarray(np.full((20, 20, 3), 30 * i, np.uint8)).save(images / f"ok_{i}.png")
-    (images / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    images = _folder_with_a_broken_png(tmp_path, 7, "zz_broken.png")
     out = tmp_path / "run"
     proc = run_cli(*SMOKE_TRAIN, "data.name=imagefolder", f"data.root={images}", "batch_size=8", "trainer.max_steps=3", f"output_dir={out}", check=False)
     assert proc.returncode == 2 and "zz_broken.png" in proc.stderr
