@@ -10,7 +10,7 @@ export WANDB_SILENT ?= true
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow test-slurm train-celeba eval-all eval-published demo bench clean
 
-help: ## list the targets
+help: $(BIN)/zsad ## list the targets (installs .venv first if missing)
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
 $(BIN)/zsad: pyproject.toml
