@@ -59,8 +59,12 @@ class FileSource(ImageSource):
         return str(self.files[i])
 
     def identity(self) -> str:
-        names = [str(f.relative_to(self.root)) if self.root else f.name for f in self.files]
-        return "files:" + hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+        """Names, sizes and modification times: a replaced or edited file changes the identity."""
+        h = hashlib.sha256()
+        for f in self.files:
+            st = f.stat()
+            h.update(f"{f.relative_to(self.root) if self.root else f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return "files:" + h.hexdigest()[:16]
 
 
 class ArraySource(ImageSource):

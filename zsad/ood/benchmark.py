@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,8 @@ from zsad.ood.metrics import bootstrap_auroc_ci, ood_metrics
 from zsad.ood.published import PUBLISHED_AUROC
 from zsad.ood.report import mean_rows, plot_histograms, plot_roc, write_results
 from zsad.ood.scorers import Scorer, build_scorer
+from zsad.utils.dist import env_global_rank
 from zsad.utils.loggers import build_logger, close_loggers
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", os.environ.get("LOCAL_RANK", "0"))))
 
 
 def validate(cfg: DictConfig) -> None:
@@ -90,7 +86,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     config = OmegaConf.to_container(config) if OmegaConf.is_config(config) else config
     backbone = load_backbone(cfg.backbone.path, format=str(cfg.backbone.format), config=config, use_ema=bool(cfg.backbone.use_ema))
     image_size = int(cfg.image_size or backbone.image_size)
-    rank0 = _rank() == 0
+    rank0 = env_global_rank() == 0
     loggers = []
     if rank0:
         save_config(cfg, out / "config.yaml")
@@ -129,7 +125,7 @@ def _run(cfg, out: Path, scorers: list[Scorer], backbone, image_size: int, logge
             if fs is not None:
                 features[(scorer.name, alias, split)] = fs
                 extracted += 0 if fs.from_cache else 1
-    if _rank() != 0:
+    if env_global_rank() != 0:
         return {}
     t_extract = time.time() - t0
 

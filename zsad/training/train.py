@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from zsad.config import ConfigError, save_config, to_plain
 from zsad.training.callbacks import AtomicCheckpointIO, FinalCheckpoint, SampleGrid, SlurmPreemption, Throughput
 from zsad.training.module import DiffusionTrainingModule
+from zsad.utils.dist import env_global_rank
 from zsad.utils.loggers import build_logger, close_loggers
 
 
@@ -51,8 +52,7 @@ def train(cfg: DictConfig) -> dict:
     steps = total_steps(cfg)
     ckpt_path = resume_path(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    is_rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", os.environ.get("SLURM_NODEID", "0"))) == 0
-    if is_rank_zero:
+    if env_global_rank() == 0:
         save_config(cfg, out / "config.yaml")
         for stale in (out / "checkpoints").glob(".*.tmp*"):  # left by a run killed mid-write
             stale.unlink(missing_ok=True)

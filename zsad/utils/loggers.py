@@ -10,6 +10,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger
 from zsad.errors import ConfigError
+from zsad.utils.dist import env_global_rank
 
 WANDB_ID_FILE = "wandb_run_id.txt"
 
@@ -41,7 +42,6 @@ def build_logger(logger_cfg, out: Path, config: dict, resuming: bool = False, jo
         raise ConfigError(f"logger.kind must be wandb, csv or none, not '{kind}'.")
     from lightning.pytorch.loggers import WandbLogger
 
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
     mode = wandb_mode(logger_cfg)
     kwargs: dict[str, Any] = dict(
         project=str(logger_cfg.project),
@@ -55,7 +55,7 @@ def build_logger(logger_cfg, out: Path, config: dict, resuming: bool = False, jo
     )
     if mode == "disabled":
         kwargs["mode"] = "disabled"
-    if rank == 0:
+    if env_global_rank() == 0:
         kwargs.update(id=_run_id(out, resuming), resume="allow")
     os.environ.setdefault("WANDB_SILENT", "true")
     return [WandbLogger(**kwargs)]
