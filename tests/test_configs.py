@@ -95,3 +95,17 @@ def test_missing_file_and_missing_group_option(tmp_path):
     cfg.write_text("defaults:\n  model: b\n")
     with pytest.raises(ConfigError, match="Options: a"):
         load_config(cfg, [], S.TrainConfig)
+
+
+def test_detector_schema_mirrors_the_detectors():
+    """conf → detector: every GMMConfig/KDEConfig field is a detector argument with the same default."""
+    import dataclasses
+
+    from zsad.ood.detector import GMMDetector, KDEDetector
+
+    for schema, detector in ((S.GMMConfig, GMMDetector), (S.KDEConfig, KDEDetector)):
+        ours = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in dataclasses.fields(schema)}
+        theirs = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in dataclasses.fields(detector)}
+        assert set(ours) <= set(theirs)
+        for key, value in ours.items():
+            assert theirs[key] == value, key

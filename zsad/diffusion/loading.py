@@ -83,3 +83,17 @@ def load_backbone(
 
         backbone = from_improved_diffusion_state_dict(obj, config=config, fingerprint=fingerprint)
     return backbone.to(device).eval()
+
+
+def backbone_settings(backbone_cfg) -> dict:
+    """A BackboneConfig node (or mapping) as plain data: path, format, config, use_ema."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(backbone_cfg, resolve=True) if OmegaConf.is_config(backbone_cfg) else dict(backbone_cfg)
+    return {k: plain.get(k) for k in ("path", "format", "config", "use_ema")}
+
+
+def load_backbone_from(backbone_cfg, device: str | torch.device = "cpu") -> Backbone:
+    """`load_backbone` with the settings of a config's `backbone:` section."""
+    s = backbone_settings(backbone_cfg)
+    return load_backbone(s["path"], format=s["format"] or "auto", config=s["config"], use_ema=bool(s["use_ema"]), device=device)

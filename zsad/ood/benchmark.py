@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from zsad.config import save_config, to_plain
 from zsad.config.schema import DataConfig
 from zsad.data import build_dataset
-from zsad.diffusion.loading import load_backbone
+from zsad.diffusion.loading import backbone_settings, load_backbone_from
 from zsad.errors import ConfigError
 from zsad.ood.detector import GMMDetector, KDEDetector
 from zsad.ood.extraction import FeatureCache, FeatureSet, configure_precision, extract_features, run_nonce
@@ -41,9 +41,9 @@ def validate(cfg: DictConfig) -> None:
 
 
 def backbone_identity(cfg: DictConfig, backbone) -> dict:
-    config = cfg.backbone.config
-    config = OmegaConf.to_container(config) if OmegaConf.is_config(config) else config
-    return {"sha256": backbone.fingerprint, "format": str(cfg.backbone.format), "config": config, "use_ema": bool(cfg.backbone.use_ema)}
+    """What the features depend on: the weights' content hash and how they were loaded."""
+    settings = backbone_settings(cfg.backbone)
+    return {"sha256": backbone.fingerprint, "format": settings["format"], "config": settings["config"], "use_ema": bool(settings["use_ema"])}
 
 
 def dataset_for(cfg: DictConfig, alias: str, split: str, image_size: int):
@@ -82,9 +82,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_nonce()  # fixed before Lightning starts other processes, which inherit it
     out = Path(cfg.output_dir)
     scorers = build_scorers(cfg)
-    config = cfg.backbone.config
-    config = OmegaConf.to_container(config) if OmegaConf.is_config(config) else config
-    backbone = load_backbone(cfg.backbone.path, format=str(cfg.backbone.format), config=config, use_ema=bool(cfg.backbone.use_ema))
+    backbone = load_backbone_from(cfg.backbone)
     image_size = int(cfg.image_size or backbone.image_size)
     rank0 = env_global_rank() == 0
     loggers = []

@@ -14,12 +14,11 @@ from torch.utils.data import DataLoader
 
 from zsad.config.schema import DataConfig
 from zsad.data import build_dataset
-from zsad.diffusion.loading import load_backbone
+from zsad.diffusion.loading import load_backbone_from
 from zsad.errors import ConfigError
 from zsad.ood.detector import load_detector
 from zsad.ood.extraction import configure_precision
 from zsad.ood.scorers import build_scorer, image_seeds
-from zsad.ood.scorers.base import FixedBatchEps
 
 
 def _detector_meta(path: Path) -> dict:
@@ -47,8 +46,7 @@ def score_images(cfg: DictConfig) -> Path:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
     if OmegaConf.is_missing(cfg.backbone, "path"):
         raise ConfigError("backbone.path is not set: the checkpoint the detector's features came from.")
-    config = OmegaConf.to_container(cfg.backbone.config) if OmegaConf.is_config(cfg.backbone.config) else cfg.backbone.config
-    backbone = load_backbone(cfg.backbone.path, format=str(cfg.backbone.format), config=config, use_ema=bool(cfg.backbone.use_ema), device=device)
+    backbone = load_backbone_from(cfg.backbone, device=device)
     if backbone.fingerprint != feat["backbone"]["sha256"]:
         warnings.warn(f"{cfg.backbone.path} is not the checkpoint the detector was fitted with (sha256 differs); scores are not comparable.", stacklevel=2)
 
@@ -64,8 +62,7 @@ def score_images(cfg: DictConfig) -> Path:
         scores = detector.score(features)
         if heat:
             with torch.no_grad():
-                net = FixedBatchEps(backbone, scorer.network_batch or (256 if device.type == "cuda" else 8))
-                err = scorer.errors(net, images.to(device), ids)  # [B, K, 3, H, W]
+                err = scorer.errors(scorer.network(backbone), images.to(device), ids)  # [B, K, 3, H, W]
             maps += list(err.abs().mean(dim=(1, 2)).cpu().numpy())
         for i, s, f in zip(indices.tolist(), scores, features):
             rows.append([dataset.source.describe(i), float(s), *map(float, f)])

@@ -84,14 +84,18 @@ class Scorer:
         opts.pop("network_batch")
         return {"name": self.name, **opts}
 
+    def network(self, backbone: Backbone) -> FixedBatchEps:
+        """The backbone as this scorer calls it: fixed-size batches (8 on CPU, 256 on GPU by default)."""
+        device = backbone.alphas_cumprod.device
+        return FixedBatchEps(backbone, self.network_batch or (256 if device.type == "cuda" else 8))
+
     @torch.no_grad()
     def __call__(self, backbone: Backbone, images: torch.Tensor, ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
         ids = torch.as_tensor(ids, dtype=torch.int64).cpu()
         if images.ndim != 4 or images.shape[1] != 3 or len(ids) != len(images):
             raise ValueError(f"images must be [B, 3, H, W] with one id per image; got {tuple(images.shape)} and {len(ids)} ids")
         device = backbone.alphas_cumprod.device
-        net = FixedBatchEps(backbone, self.network_batch or (256 if device.type == "cuda" else 8))
-        features = self.compute(net, images.to(device=device, dtype=torch.float32), ids).to(torch.float64).cpu()
+        features = self.compute(self.network(backbone), images.to(device=device, dtype=torch.float32), ids).to(torch.float64).cpu()
         bad = (~torch.isfinite(features)).any(dim=1).nonzero().flatten().tolist()
         if bad:
             raise FeatureError(
