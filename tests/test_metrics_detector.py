@@ -1,13 +1,28 @@
-"""Issue 3: metrics agree with sklearn and direct counts; detectors separate clusters and round-trip."""
+"""Metrics equal sklearn (the oracle) at any score scale; detectors separate clusters and round-trip."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from zsad.ood.detector import GMMDetector, KDEDetector, load_detector
-from zsad.ood.metrics import auroc, bootstrap_auroc_ci, fpr_at_tpr, ood_metrics
+from zsad.ood.metrics import auroc, bootstrap_auroc_ci, fpr_at_tpr, ood_metrics, rank_scores
+from zsad.ood.metrics import roc_curve as metric_roc_curve
+
+
+def sklearn_metrics(id_s, ood_s) -> dict:
+    """The oracle: sklearn on the raw scores, OOD positive (FPR@95 from the full ROC curve)."""
+    y = np.r_[np.zeros(len(id_s)), np.ones(len(ood_s))]
+    s = np.r_[id_s, ood_s]
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    return {
+        "auroc": roc_auc_score(y, s) if 0 < y.sum() < len(y) else 0.5,
+        "aupr_out": average_precision_score(y, s),
+        "aupr_in": average_precision_score(1 - y, -s),
+        "fpr95": float(fpr[tpr >= 0.95].min()),
+        "curve": (fpr, tpr),
+    }
 
 
 def direct_fpr95(id_scores, ood_scores):
@@ -17,21 +32,57 @@ def direct_fpr95(id_scores, ood_scores):
     return float(np.mean(id_scores >= threshold))
 
 
-@pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_metrics_match_sklearn_and_direct_counts(seed, tied):
+def _gauss(seed=0, n=500):
     rng = np.random.default_rng(seed)
-    id_s, ood_s = rng.normal(0, 1, 300 + seed), rng.normal(0.8, 1.3, 200)
-    if tied:
-        id_s, ood_s = np.round(id_s), np.round(ood_s)  # heavy ties
-    y = np.r_[np.zeros(len(id_s)), np.ones(len(ood_s))]
-    s = np.r_[id_s, ood_s]
+    return rng.normal(50, 5, n), rng.normal(60, 5, n)
+
+
+CASES = {
+    # the scale of −log-likelihoods: torchmetrics alone squashed these to AUROC 0.505
+    "n50_vs_n60": _gauss(),
+    "offset_plus_1e6": tuple(a + 1e6 for a in _gauss(1)),
+    "offset_minus_1e6": tuple(a - 1e6 for a in _gauss(2)),
+    "scale_1e12": tuple(a * 1e12 for a in _gauss(3)),
+    "negative_scale_1e12": tuple(-a * 1e12 for a in _gauss(4)),
+    "tiny_1e-12": tuple(a * 1e-12 for a in _gauss(5)),
+    "heavy_ties": tuple(np.round(a / 10) for a in _gauss(6)),
+    "ties_across_sides": (np.array([1.0, 2, 2, 3, 3, 3]), np.array([2.0, 3, 3, 4])),
+    "all_equal": (np.full(7, 42.0), np.full(5, 42.0)),
+    "one_per_side_right": (np.array([100.0]), np.array([200.0])),
+    "one_per_side_wrong": (np.array([200.0]), np.array([100.0])),
+    "one_per_side_tied": (np.array([1e9]), np.array([1e9])),
+    "unbalanced": (np.random.default_rng(7).normal(0, 1, 1000), np.random.default_rng(8).normal(1, 1, 3)),
+    "small_range": (np.random.default_rng(9).normal(0, 1, 300), np.random.default_rng(10).normal(0.8, 1.3, 200)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_metrics_equal_sklearn_at_any_scale(case):
+    id_s, ood_s = CASES[case]
+    ref = sklearn_metrics(id_s, ood_s)
     m = ood_metrics(id_s, ood_s)
-    assert m["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)
-    assert m["aupr_out"] == pytest.approx(average_precision_score(y, s), abs=1e-6)
-    assert m["aupr_in"] == pytest.approx(average_precision_score(1 - y, -s), abs=1e-6)
-    assert m["fpr95"] == pytest.approx(direct_fpr95(id_s, ood_s), abs=1e-6)
-    assert auroc(-id_s, -ood_s) == pytest.approx(1 - m["auroc"], abs=1e-6)
+    for key in ("auroc", "aupr_in", "aupr_out", "fpr95"):
+        assert m[key] == pytest.approx(ref[key], abs=1e-9), (key, m[key], ref[key])
+    assert auroc(id_s, ood_s) == pytest.approx(ref["auroc"], abs=1e-9)
+    assert fpr_at_tpr(id_s, ood_s) == pytest.approx(direct_fpr95(id_s, ood_s), abs=1e-9)
+    fpr, tpr = metric_roc_curve(id_s, ood_s)
+    np.testing.assert_allclose(fpr, ref["curve"][0], atol=1e-9, rtol=0)
+    np.testing.assert_allclose(tpr, ref["curve"][1], atol=1e-9, rtol=0)
+    assert auroc(-id_s, -ood_s) == pytest.approx(1 - ref["auroc"], abs=1e-9)
+
+
+def test_large_scores_are_not_squashed():
+    """The case of the trust issue: N(50, 5) vs N(60, 5) has AUROC ≈ 0.92, not 0.5."""
+    id_s, ood_s = CASES["n50_vs_n60"]
+    assert 0.90 < auroc(id_s, ood_s) < 0.95
+    assert auroc(id_s, ood_s) == pytest.approx(auroc(id_s - 45, ood_s - 45), abs=1e-12)
+
+
+def test_rank_map_keeps_order_and_ties():
+    s = np.array([1e300, -1e300, 5.0, 5.0, 0.0, -0.0])
+    r = rank_scores(s)
+    assert r.min() > 0 and r.max() == 1.0
+    assert np.array_equal(np.sign(r[:, None] - r[None, :]), np.sign(s[:, None] - s[None, :]))
 
 
 def test_perfect_and_chance_separation():
@@ -39,6 +90,10 @@ def test_perfect_and_chance_separation():
     assert ood_metrics([0, 1, 2], [3, 4])["fpr95"] == 0.0
     assert fpr_at_tpr([5, 6, 7], [0, 1]) == 1.0
     assert ood_metrics([1, 1, 1], [1, 1])["auroc"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="at least one ID and one OOD"):
+        ood_metrics([], [1.0])
+    with pytest.raises(ValueError, match="non-finite"):
+        ood_metrics([np.inf], [1.0])
 
 
 def test_bootstrap_interval_contains_the_estimate_and_shrinks_with_data():
@@ -49,6 +104,20 @@ def test_bootstrap_interval_contains_the_estimate_and_shrinks_with_data():
     assert big[0] <= auroc(big_id, big_ood) <= big[1]
     assert big[1] - big[0] < small[1] - small[0]
     assert bootstrap_auroc_ci(big_id, big_ood, n_boot=300, seed=3) == bootstrap_auroc_ci(big_id, big_ood, n_boot=300, seed=3)
+
+
+@pytest.mark.parametrize("shift", [0.0, 1e6, -1e6])
+def test_bootstrap_interval_at_large_scores_contains_sklearn_and_ignores_offsets(shift):
+    id_s, ood_s = CASES["n50_vs_n60"]
+    true = roc_auc_score(np.r_[np.zeros(len(id_s)), np.ones(len(ood_s))], np.r_[id_s, ood_s])
+    lo, hi = bootstrap_auroc_ci(id_s + shift, ood_s + shift, n_boot=200)
+    assert lo <= true <= hi and hi - lo < 0.1
+    assert (lo, hi) == bootstrap_auroc_ci(id_s, ood_s, n_boot=200)
+    # each resample equals sklearn on its raw scores: replay the first one
+    rng = np.random.default_rng(0)
+    a, b = id_s[rng.integers(0, len(id_s), len(id_s))], ood_s[rng.integers(0, len(ood_s), len(ood_s))]
+    one = bootstrap_auroc_ci(id_s + shift, ood_s + shift, n_boot=1, level=0.0)
+    assert one[0] == pytest.approx(roc_auc_score(np.r_[np.zeros(len(a)), np.ones(len(b))], np.r_[a, b]), abs=1e-9)
 
 
 @pytest.mark.parametrize("mode", ["fast", "grid"])

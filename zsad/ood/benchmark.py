@@ -18,7 +18,7 @@ from zsad.diffusion.loading import backbone_settings, load_backbone_from
 from zsad.errors import ConfigError
 from zsad.ood.detector import GMMDetector, KDEDetector
 from zsad.ood.extraction import FeatureCache, FeatureSet, configure_precision, extract_features, run_nonce
-from zsad.ood.metrics import bootstrap_auroc_ci, ood_metrics
+from zsad.ood.metrics import bootstrap_auroc_ci, ood_metrics, roc_curve
 from zsad.ood.published import PUBLISHED_AUROC
 from zsad.ood.report import mean_rows, plot_histograms, plot_roc, write_results
 from zsad.ood.scorers import Scorer, build_scorer
@@ -156,7 +156,7 @@ def _run(cfg, out: Path, scorers: list[Scorer], backbone, image_size: int, logge
                 score_file = out / "scores" / scorer.name / f"{id_alias}_vs_{ood_alias}.npz"  # every number traceable
                 score_file.parent.mkdir(parents=True, exist_ok=True)
                 np.savez(score_file, id_scores=id_scores, id_indices=id_test.indices, ood_scores=scores, ood_indices=ood_fs.indices)
-                curves[ood_alias] = _roc(id_scores, scores, m["auroc"])
+                curves[ood_alias] = (*roc_curve(id_scores, scores), m["auroc"])
             curves_by[(scorer.name, id_alias)] = (curves, id_scores, ood_scores)
 
     means = mean_rows(rows)
@@ -170,15 +170,6 @@ def _run(cfg, out: Path, scorers: list[Scorer], backbone, image_size: int, logge
     md = write_results(out, rows, means, {"timing": timing, "backbone": identity, "image_size": image_size}, title=f"zsad evaluate: {Path(cfg.output_dir).name}")
     _log(loggers, rows, means, plots)
     return {"rows": rows, "means": means, "table_markdown": md, "output_dir": str(out), "plots": [str(p) for p in plots], "timing": timing}
-
-
-def _roc(id_scores: np.ndarray, ood_scores: np.ndarray, auc: float):
-    from torchmetrics.functional.classification import binary_roc
-
-    scores = torch.from_numpy(np.concatenate([id_scores, ood_scores]))
-    labels = torch.cat([torch.zeros(len(id_scores), dtype=torch.long), torch.ones(len(ood_scores), dtype=torch.long)])
-    fpr, tpr, _ = binary_roc(scores, labels, validate_args=False)
-    return fpr.numpy(), tpr.numpy(), auc
 
 
 def _annotate_detector(path: Path, scorer: Scorer, identity: dict, cfg, id_alias: str, image_size: int) -> None:

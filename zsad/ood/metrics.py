@@ -1,60 +1,120 @@
-"""OOD metrics with one sign convention (design.md §2): scores are higher = more anomalous, OOD is the
-positive class for AUROC, FPR@95TPR and AUPR-Out; ID is positive for AUPR-In."""
+"""OOD metrics with one sign convention (docs/method.md §2): scores are higher = more anomalous, OOD is
+the positive class for AUROC, FPR@95TPR and AUPR-Out; ID is positive for AUPR-In.
+
+torchmetrics computes every number, but it never sees a raw score: its binary functions apply a
+sigmoid to any input outside [0, 1], and in float64 every score above ≈ 37 becomes exactly 1.0 (a
+tie), so an AUROC of 0.92 reads as 0.5. Every function here first maps the scores to their dense
+ranks scaled into (0, 1] (`rank_scores`): order and ties are kept exactly, so all rank-based metrics
+equal sklearn's on the raw scores, for scores of any sign and magnitude.
+"""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_roc
 
+ArrayLike = Sequence[float] | np.ndarray
 
-def _labelled(id_scores, ood_scores) -> tuple[torch.Tensor, torch.Tensor]:
-    s_id = torch.as_tensor(np.asarray(id_scores, dtype=np.float64))
-    s_ood = torch.as_tensor(np.asarray(ood_scores, dtype=np.float64))
-    if s_id.numel() == 0 or s_ood.numel() == 0:
+
+def rank_scores(scores: ArrayLike) -> np.ndarray:
+    """Dense ranks of `scores` divided by the number of distinct values: an order-preserving map into
+    (0, 1] that keeps ties tied (equal scores → equal values, a < b → rank(a) < rank(b))."""
+    scores = np.asarray(scores, dtype=np.float64)
+    distinct, inverse = np.unique(scores, return_inverse=True)
+    return (inverse.reshape(scores.shape) + 1) / max(len(distinct), 1)
+
+
+@contextmanager
+def _float64() -> Iterator[None]:
+    """torchmetrics divides integer counts (tps / tps[-1]) in the default dtype: float32 would cost
+    ~3e-8 of precision, so its calls run with float64 as the default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _check(s_id: np.ndarray, s_ood: np.ndarray) -> None:
+    if s_id.size == 0 or s_ood.size == 0:
         raise ValueError("OOD metrics need at least one ID and one OOD score.")
-    if not (torch.isfinite(s_id).all() and torch.isfinite(s_ood).all()):
+    if not (np.isfinite(s_id).all() and np.isfinite(s_ood).all()):
         raise ValueError("OOD metrics got non-finite scores.")
-    scores = torch.cat([s_id, s_ood])
+
+
+def _labelled(id_scores: ArrayLike, ood_scores: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ranked scores in (0, 1], labels with OOD = 1): the one place the sign convention is applied."""
+    s_id = np.asarray(id_scores, dtype=np.float64).ravel()
+    s_ood = np.asarray(ood_scores, dtype=np.float64).ravel()
+    _check(s_id, s_ood)
+    ranks = torch.from_numpy(rank_scores(np.concatenate([s_id, s_ood])))
     labels = torch.cat([torch.zeros(len(s_id), dtype=torch.long), torch.ones(len(s_ood), dtype=torch.long)])
-    return scores, labels
+    return ranks, labels
 
 
-def auroc(id_scores, ood_scores) -> float:
+def auroc(id_scores: ArrayLike, ood_scores: ArrayLike) -> float:
     """Area under ROC with OOD as positive (0.5 = chance, 1 = every OOD scored above every ID)."""
-    scores, labels = _labelled(id_scores, ood_scores)
-    return float(binary_auroc(scores, labels, validate_args=False))
+    ranks, labels = _labelled(id_scores, ood_scores)
+    with _float64():
+        return float(binary_auroc(ranks, labels, validate_args=False))
 
 
-def fpr_at_tpr(id_scores, ood_scores, tpr: float = 0.95) -> float:
+def roc_curve(id_scores: ArrayLike, ood_scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) at every distinct threshold, from (0, 0) to (1, 1), OOD positive."""
+    ranks, labels = _labelled(id_scores, ood_scores)
+    with _float64():
+        fpr, tpr, _ = binary_roc(ranks, labels, validate_args=False)
+    return fpr.numpy().astype(np.float64), tpr.numpy().astype(np.float64)
+
+
+def _fpr_at(fpr: np.ndarray, tpr_curve: np.ndarray, tpr: float) -> float:
+    return float(fpr[tpr_curve >= tpr - 1e-12].min())
+
+
+def fpr_at_tpr(id_scores: ArrayLike, ood_scores: ArrayLike, tpr: float = 0.95) -> float:
     """Fraction of ID images scored at or above the highest threshold that flags `tpr` of OOD images."""
-    scores, labels = _labelled(id_scores, ood_scores)
-    fpr, tpr_curve, _ = binary_roc(scores, labels, validate_args=False)
-    reached = tpr_curve >= tpr - 1e-12
-    return float(fpr[reached].min())
+    return _fpr_at(*roc_curve(id_scores, ood_scores), tpr)
 
 
-def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
+def ood_metrics(id_scores: ArrayLike, ood_scores: ArrayLike) -> dict[str, float]:
     """{"auroc", "fpr95", "aupr_in", "aupr_out"} for one (ID, OOD) pair."""
-    scores, labels = _labelled(id_scores, ood_scores)
-    return {
-        "auroc": float(binary_auroc(scores, labels, validate_args=False)),
-        "fpr95": fpr_at_tpr(id_scores, ood_scores, 0.95),
-        "aupr_in": float(binary_average_precision(-scores, 1 - labels, validate_args=False)),
-        "aupr_out": float(binary_average_precision(scores, labels, validate_args=False)),
-    }
+    ranks, labels = _labelled(id_scores, ood_scores)
+    # AUPR-In ranks ID first: the reversed order, mapped into (0, 1] again.
+    reversed_ranks = 1 + ranks.min() - ranks
+    with _float64():
+        fpr, tpr, _ = binary_roc(ranks, labels, validate_args=False)
+        return {
+            "auroc": float(binary_auroc(ranks, labels, validate_args=False)),
+            "fpr95": _fpr_at(fpr.numpy(), tpr.numpy(), 0.95),
+            "aupr_in": float(binary_average_precision(reversed_ranks, 1 - labels, validate_args=False)),
+            "aupr_out": float(binary_average_precision(ranks, labels, validate_args=False)),
+        }
 
 
-def bootstrap_auroc_ci(id_scores, ood_scores, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval for AUROC, resampling ID and OOD sets separately (stratified)."""
-    s_id = np.asarray(id_scores, dtype=np.float64)
-    s_ood = np.asarray(ood_scores, dtype=np.float64)
+def bootstrap_auroc_ci(
+    id_scores: ArrayLike, ood_scores: ArrayLike, n_boot: int = 1000, level: float = 0.95, seed: int = 0, progress=None
+) -> tuple[float, float]:
+    """Percentile bootstrap interval for AUROC, resampling ID and OOD sets separately (stratified).
+
+    The ranks are taken once over all scores: a rank map is order-preserving on every resample, so
+    each resample's AUROC equals sklearn's on its raw scores, and the interval does not move with an
+    offset or scale of the scores."""
+    ranks, labels = _labelled(id_scores, ood_scores)
+    n_id = int((labels == 0).sum())
+    r_id, r_ood = ranks[:n_id].numpy(), ranks[n_id:].numpy()
     rng = np.random.default_rng(seed)
-    labels = torch.cat([torch.zeros(len(s_id), dtype=torch.long), torch.ones(len(s_ood), dtype=torch.long)])
     values = np.empty(n_boot)
-    for b in range(n_boot):
-        sample = np.concatenate([s_id[rng.integers(0, len(s_id), len(s_id))], s_ood[rng.integers(0, len(s_ood), len(s_ood))]])
-        values[b] = float(binary_auroc(torch.from_numpy(sample), labels, validate_args=False))
+    with _float64():
+        for b in range(n_boot):
+            sample = np.concatenate([r_id[rng.integers(0, len(r_id), len(r_id))], r_ood[rng.integers(0, len(r_ood), len(r_ood))]])
+            values[b] = float(binary_auroc(torch.from_numpy(sample), labels, validate_args=False))
+            if progress is not None:
+                progress(1)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(values, [alpha, 1 - alpha])
     return float(lo), float(hi)
