@@ -45,11 +45,11 @@ def _scorer_worker(name: str, options: dict, images: int, batch: int, network_ba
     backbone.predict_eps = timed
     scorer = zsad.build_scorer(name, network_batch=network_batch, **options)
     x = torch.rand(images, 3, 32, 32) * 2 - 1
-    scorer(backbone, x[:2], image_seeds(0, "bench", "test", range(2)))  # warm-up
+    scorer(backbone, x[:2], seed=0)  # warm-up
     calls.update(t=0.0, n=0)
     start = time.perf_counter()
     for i in range(0, images, batch):
-        scorer(backbone, x[i : i + batch], image_seeds(0, "bench", "test", range(i, i + batch)))
+        scorer(backbone, x[i : i + batch], seed=0)
     total = time.perf_counter() - start
     queue.put({
         "scorer": name, "options": options, "images": images, "images_per_s": images / total,

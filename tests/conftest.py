@@ -12,19 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _find_fixtures() -> Path:
-    """shared/fixtures/improved_diffusion beside the checkout; for a fresh clone (as CI makes), beside
-    the repository it was cloned from; or wherever ZSAD_FIXTURES points."""
-    rel = Path("shared") / "fixtures" / "improved_diffusion"
-    candidates = [Path(os.environ["ZSAD_FIXTURES"])] if os.environ.get("ZSAD_FIXTURES") else []
-    candidates.append(REPO.parent / rel)
-    origin = subprocess.run(["git", "-C", str(REPO), "remote", "get-url", "origin"], capture_output=True, text=True).stdout.strip()
-    if origin and Path(origin).is_dir():
-        candidates.append(Path(origin).resolve().parent / rel)
-    return next((c for c in candidates if c.is_dir()), candidates[0])
-
-
-SHARED_FIXTURES = _find_fixtures()
+# Reference test vectors of the improved-diffusion format, produced by the reference code (see the
+# README there); part of the repository, so the parity tests run (and fail, never skip) in every clone.
+FIXTURES = REPO / "tests" / "fixtures" / "improved_diffusion"
 ZSAD = [sys.executable, "-m", "zsad.cli"]
 
 

@@ -12,7 +12,7 @@ from zsad.diffusion.zsad_backbone import ZsadBackbone
 
 def random_backbone(seed: int = 0, image_size: int = 16, timesteps: int = 1000) -> ZsadBackbone:
     """A randomly initialised tiny denoising-diffusion-pytorch Unet behind the Backbone interface."""
-    from zsad.training.networks import build_unet
+    from zsad.diffusion.unet import build_unet
 
     torch.manual_seed(seed)
     cfg = OmegaConf.create({"dim": 8, "dim_mults": [1, 2], "full_attn": [False, True], "attn_heads": 2, "attn_dim_head": 8, "dropout": 0.0})
@@ -52,3 +52,23 @@ class ZeroBackbone(Backbone):
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(x_t)
+
+
+def extraction_setup(scorer_name: str = "diffpath_v2", count: int = 10, **options):
+    """(backbone, dataset, scorer, keyword arguments) for an in-process `extract_features` on CPU."""
+    from omegaconf import OmegaConf
+
+    from zsad.config.schema import DataConfig
+    from zsad.data import build_dataset
+    from zsad.ood.feature_cache import runtime_identity
+    from zsad.ood.scorers import build_scorer
+
+    backbone = random_backbone()
+    backbone.identity = {"sha256": backbone.fingerprint}
+    dataset = build_dataset(OmegaConf.structured(DataConfig(name="shapes", split="test", image_size=16, options={"count": count})))
+    scorer = build_scorer(scorer_name, **{"steps": 3, "network_batch": 4, **options})
+    kw = dict(
+        seed=0, trainer_kwargs=dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False),
+        batch_size=4, num_workers=0, runtime=runtime_identity("cpu"),
+    )
+    return backbone, dataset, scorer, kw

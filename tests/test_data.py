@@ -10,7 +10,7 @@ from PIL import Image
 
 from zsad.config.schema import DataConfig
 from zsad.data import BUILTIN_NAMES, CorruptImageError, DatasetNotFoundError, build_dataset, make_builtin
-from zsad.errors import UnknownNameError
+from zsad.errors import ConfigError, UnknownNameError
 
 
 def cfg(**kw):
@@ -69,7 +69,7 @@ def test_other_datasets_resize_without_crop_and_convert_modes(tmp_path):
     rgba = rng.integers(0, 256, (20, 30, 4), dtype=np.uint8)
     Image.fromarray(rgba, "RGBA").save(folder / "b_rgba.png")
     Image.fromarray((rng.integers(0, 65535, (16, 16))).astype(np.uint16)).save(folder / "c_gray16.png")
-    ds = build_dataset(cfg(name="imagefolder", root=str(folder), split="train", image_size=8))
+    ds = build_dataset(cfg(name="imagefolder", root=str(folder), split="all", image_size=8))
     assert len(ds) == 3
     gray, _ = ds[0]
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2]), "grayscale must be repeated to 3 channels"
@@ -100,12 +100,12 @@ def test_corrupt_and_truncated_images(tmp_path):
     good = (folder / "a.jpg").read_bytes()
     (folder / "b_truncated.jpg").write_bytes(good[: len(good) // 2])
     (folder / "c_garbage.png").write_bytes(b"not an image")
-    ds = build_dataset(cfg(name="imagefolder", root=str(folder), image_size=8))
+    ds = build_dataset(cfg(name="imagefolder", root=str(folder), split="all", image_size=8))
     ds[0]
     with pytest.raises(CorruptImageError, match="b_truncated.jpg.*skip_corrupt"):
         ds[1]
     with pytest.warns(UserWarning, match="skipped 2 unreadable image"):
-        kept = build_dataset(cfg(name="imagefolder", root=str(folder), image_size=8, skip_corrupt=True))
+        kept = build_dataset(cfg(name="imagefolder", root=str(folder), split="all", image_size=8, skip_corrupt=True))
     assert len(kept) == 1 and kept[0][1] == 0
 
 
@@ -113,3 +113,64 @@ def test_max_images_keeps_a_prefix_with_original_indices():
     ds = build_dataset(cfg(name="shapes", split="test", image_size=8, max_images=5, options={"count": 9}))
     assert len(ds) == 5 and [ds[i][1] for i in range(5)] == list(range(5))
     assert ds.fingerprint() != build_dataset(cfg(name="shapes", split="test", image_size=8, options={"count": 9})).fingerprint()
+
+
+def _png_folder(folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((6, 6, 3), (7 * i) % 256, np.uint8)).save(folder / name)
+
+
+def test_flat_folder_is_split_by_hashed_file_name(tmp_path):
+    names = [f"img_{i:03d}.png" for i in range(60)] + ["sub/a.png", "sub/b.png"]
+    _png_folder(tmp_path / "flat", names)
+    fit = build_dataset(cfg(name="imagefolder", root=str(tmp_path / "flat"), split="train", image_size=8))
+    test = build_dataset(cfg(name="imagefolder", root=str(tmp_path / "flat"), split="test", image_size=8))
+    fit_files, test_files = set(map(str, fit.source.files)), set(map(str, test.source.files))
+    assert not fit_files & test_files, "ID-fit and ID-test must not share a file"
+    assert len(fit_files | test_files) == len(names) and 15 < len(fit_files) < 45
+    assert "split by hashed file name" in fit.notes[0] and "fit_fraction=0.5" in fit.notes[0]
+    # Deterministic, and a file keeps its side when others are added.
+    _png_folder(tmp_path / "flat", [f"new_{i}.png" for i in range(10)])
+    again = build_dataset(cfg(name="imagefolder", root=str(tmp_path / "flat"), split="train", image_size=8))
+    assert fit_files <= set(map(str, again.source.files))
+    most = build_dataset(cfg(name="imagefolder", root=str(tmp_path / "flat"), split="train", image_size=8, options={"fit_fraction": 0.9}))
+    assert len(most) > len(again)
+    assert len(build_dataset(cfg(name="imagefolder", root=str(tmp_path / "flat"), split="all", image_size=8))) == len(names) + 10
+    # Training the base model reads every image of a flat folder.
+    from zsad.data import build_training_dataset
+
+    assert len(build_training_dataset(cfg(name="imagefolder", root=str(tmp_path / "flat"), split="train", image_size=8))) == len(names) + 10
+
+
+def test_unknown_split_names_list_the_valid_ones(tmp_path):
+    _png_folder(tmp_path / "flat", ["a.png", "b.png"])
+    with pytest.raises(ConfigError, match="unknown split 'valid'.*Valid splits: train, test, all"):
+        build_dataset(cfg(name="imagefolder", root=str(tmp_path / "flat"), split="valid"))
+    _png_folder(tmp_path / "split" / "train", ["a.png"])
+    _png_folder(tmp_path / "split" / "test", ["b.png"])
+    with pytest.raises(ConfigError, match="no 'val/' folder. Valid splits here: train, test, all"):
+        build_dataset(cfg(name="imagefolder", root=str(tmp_path / "split"), split="val"))
+    assert [f.name for f in build_dataset(cfg(name="imagefolder", root=str(tmp_path / "split"), split="test")).source.files] == ["b.png"]
+    with pytest.raises(ConfigError, match="cifar10: unknown split 'val'. Valid splits: train, test"):
+        build_dataset(cfg(name="cifar10", root=str(tmp_path), split="val"))
+    with pytest.raises(ConfigError, match="splits 'train' and 'test', not 'valid'"):
+        build_dataset(cfg(name="digits", split="valid"))
+
+
+def test_file_identity_changes_with_root_size_and_mtime(tmp_path):
+    import os
+    import shutil
+
+    _png_folder(tmp_path / "a" / "test", ["x.png", "y.png"])
+    ds = lambda root: build_dataset(cfg(name="imagefolder", root=str(root), split="test", image_size=8))  # noqa: E731
+    first = ds(tmp_path / "a").fingerprint()
+    assert ds(tmp_path / "a").fingerprint() == first
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    os.utime(tmp_path / "b" / "test" / "x.png", ns=(os.stat(tmp_path / "a" / "test" / "x.png").st_atime_ns, os.stat(tmp_path / "a" / "test" / "x.png").st_mtime_ns))
+    os.utime(tmp_path / "b" / "test" / "y.png", ns=(os.stat(tmp_path / "a" / "test" / "y.png").st_atime_ns, os.stat(tmp_path / "a" / "test" / "y.png").st_mtime_ns))
+    assert ds(tmp_path / "b").fingerprint() != first, "another root is another dataset"
+    st = os.stat(tmp_path / "a" / "test" / "x.png")
+    os.utime(tmp_path / "a" / "test" / "x.png", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert ds(tmp_path / "a").fingerprint() != first, "an edited file changes the identity"

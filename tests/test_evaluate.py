@@ -83,6 +83,7 @@ def test_one_and_two_processes_give_identical_features(smoke_checkpoint, tmp_pat
         "far_pairs=[]",
         "max_eval_images=13",  # odd: the two processes get 7 and 6 images, no padding duplicates
         "batch_size=5",
+        "network_batch=20",  # 20 rows per batch for diffpath_v2 (5 images × 4 steps): one call, no padding
         "logger=none",
     ]
     run_cli(*common, f"output_dir={tmp_path / 'one'}")
@@ -95,40 +96,27 @@ def test_one_and_two_processes_give_identical_features(smoke_checkpoint, tmp_pat
     assert len(two["noise_test"][0]) == 13
 
 
-def test_interrupted_extraction_resumes_and_config_changes_invalidate(tmp_path, capsys):
-    from omegaconf import OmegaConf
+def test_interrupted_extraction_resumes(tmp_path, capsys):
+    from helpers import extraction_setup
+    from zsad.ood.feature_cache import FeatureCache, cache_key
+    from zsad.ood.extraction import extract_features
+    from zsad.ood.scorers import image_seeds
 
-    from helpers import random_backbone
-    from zsad.config.schema import DataConfig
-    from zsad.data import build_dataset
-    from zsad.ood.extraction import FeatureCache, extract_features
-    from zsad.ood.scorers import build_scorer, image_seeds
-
-    backbone = random_backbone()
-    dataset = build_dataset(OmegaConf.structured(DataConfig(name="shapes", split="test", image_size=16, options={"count": 10})))
-    scorer = build_scorer("diffpath_v2", steps=3, network_batch=4)
-    kw = dict(seed=0, trainer_kwargs=dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False), batch_size=4, num_workers=0)
-    ident = {"sha256": backbone.fingerprint}
-    reference = extract_features(backbone, ident, scorer, dataset, FeatureCache(tmp_path / "ref"), **kw)
+    backbone, dataset, scorer, kw = extraction_setup()
+    reference = extract_features(backbone, backbone.identity, scorer, dataset, FeatureCache(tmp_path / "ref"), **kw)
 
     # An earlier run that died after finishing images 0..3: its shard is on disk, no final file.
     cache = FeatureCache(tmp_path / "resume")
-    from zsad.ood.extraction import cache_key
-
-    folder = cache.folder(scorer, dataset, cache_key(ident, dataset, scorer, 0))
+    folder = cache.folder(scorer, dataset, cache_key(backbone.identity, dataset, scorer, 0, kw["runtime"]))
     (folder / "shards").mkdir(parents=True)
     x = torch.stack([dataset[i][0] for i in range(4)])
-    feats = scorer(backbone, x, image_seeds(0, "shapes", "test", range(4)))
-    torch.save({"index": torch.arange(4), "features": feats}, folder / "shards" / "part-old-r0-b000000.pt")
-    resumed = extract_features(backbone, ident, scorer, dataset, cache, log=print, **kw)
+    ids = image_seeds(0, x)
+    torch.save({"index": torch.arange(4), "seed": ids, "features": scorer(backbone, x, ids)}, folder / "shards" / "part-old-r0-b000000.pt")
+    resumed = extract_features(backbone, backbone.identity, scorer, dataset, cache, log=print, **kw)
     assert "6 images, resuming: 4 already done" in capsys.readouterr().out
     assert np.array_equal(resumed.indices, reference.indices) and np.array_equal(resumed.features, reference.features)
+    assert np.array_equal(resumed.seeds, reference.seeds)
     assert not (folder / "shards").exists()
-
-    changed = build_scorer("diffpath_v2", steps=4, network_batch=4)
-    fresh = extract_features(backbone, ident, changed, dataset, cache, **kw)
-    assert not fresh.from_cache and not np.array_equal(fresh.features, reference.features)
-    assert extract_features(backbone, ident, scorer, dataset, cache, **kw).from_cache
 
 
 @pytest.mark.parametrize(
@@ -138,6 +126,8 @@ def test_interrupted_extraction_resumes_and_config_changes_invalidate(tmp_path, 
         (["backbone.path=/nonexistent/model.ckpt"], "Checkpoint '/nonexistent/model.ckpt' does not exist"),
         (["datasets.digits.name=cifar10", "datasets.digits.root=/nonexistent"], r"cifar10 \(train\) not found under '/nonexistent'"),
         (["id=[celeba]"], "Dataset alias 'celeba' is used in id/ood but not defined"),
+        (["eval_split=train"], "fit_split and eval_split are both 'train'.*disjoint"),
+        (["network_batch=64"], r"network_batch=64 pads 38% of diffpath_v2's network calls.*Set network_batch=40"),
     ],
 )
 def test_evaluate_user_errors(smoke_checkpoint, tmp_path, overrides, message):

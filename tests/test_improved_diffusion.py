@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import zsad
-from conftest import SHARED_FIXTURES as F
+from conftest import FIXTURES as F
 from zsad.diffusion.improved_diffusion import PRESETS, key_shapes, resolve_config
 from zsad.errors import BackboneLoadError
 
-pytestmark = pytest.mark.skipif(not F.is_dir(), reason=f"improved-diffusion fixtures not found at {F} (shared/ is absent)")
+assert (F / "inputs.pt").is_file(), f"improved-diffusion test vectors missing from {F}: they are part of the repository (git checkout tests/fixtures)."
 
 
 def load(name: str):

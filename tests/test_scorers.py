@@ -33,7 +33,7 @@ def images():
 @pytest.mark.parametrize("name", sorted(SCORERS))
 def test_features_do_not_depend_on_batch_size_or_order(backbone, images, name):
     scorer = zsad.build_scorer(name, network_batch=4, **FAST[name])
-    ids = image_seeds(0, "unit", "test", range(len(images)))
+    ids = image_seeds(0, images)
     one = torch.cat([scorer(backbone, images[i : i + 1], ids[i : i + 1]) for i in range(len(images))])
     seven = torch.cat([scorer(backbone, images[i : i + 7], ids[i : i + 7]) for i in range(0, len(images), 7)])
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))
@@ -44,22 +44,30 @@ def test_features_do_not_depend_on_batch_size_or_order(backbone, images, name):
     assert torch.isfinite(one).all()
 
 
-def test_network_batch_does_not_change_features(backbone, images):
-    ids = image_seeds(0, "unit", "test", range(6))
-    a = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4)(backbone, images[:6], ids)
-    b = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4)(backbone, images[:6], ids)
-    assert torch.equal(a, b)
-    assert zsad.build_scorer("diffpath_v2", network_batch=4).options() == zsad.build_scorer("diffpath_v2", network_batch=32).options()
+@pytest.mark.parametrize("name", sorted(SCORERS))
+def test_network_batch_changes_features_only_by_float_rounding(backbone, images, name):
+    """network_batch is outside the cache key: it may move the last bits (kernel blocking), nothing more."""
+    x = images[:6]
+    a = zsad.build_scorer(name, network_batch=4, **FAST[name])(backbone, x, seed=0)
+    b = zsad.build_scorer(name, network_batch=7, **FAST[name])(backbone, x, seed=0)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
+    assert zsad.build_scorer(name, network_batch=4).options() == zsad.build_scorer(name, network_batch=32).options()
 
 
-def test_noise_is_seeded_per_image_identity(backbone, images):
+def test_noise_is_seeded_by_the_pixels(backbone, images):
     scorer = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4)
-    x = images[:1].repeat(2, 1, 1, 1)
-    same = scorer(backbone, x, image_seeds(0, "d", "test", [5, 5]))
-    other = scorer(backbone, x, image_seeds(0, "d", "test", [5, 6]))
-    assert torch.equal(same[0], same[1]) and not torch.equal(other[0], other[1])
-    assert not torch.equal(image_seeds(0, "d", "test", [5]), image_seeds(1, "d", "test", [5]))
-    assert not torch.equal(image_seeds(0, "d", "train", [5]), image_seeds(0, "d", "test", [5]))
+    x = torch.stack([images[0], images[1], images[0]])  # image 0 at two positions
+    feats = scorer(backbone, x, seed=0)
+    assert torch.equal(feats[0], feats[2]) and not torch.equal(feats[0], feats[1])
+    alone = scorer(backbone, images[:1], seed=0)
+    assert torch.equal(alone[0], feats[0]), "the same image, alone or in another batch, has the same features"
+    seeds = image_seeds(0, x)
+    assert seeds[0] == seeds[2] and seeds[0] != seeds[1]
+    assert image_seeds(1, x)[0] != seeds[0], "the global seed changes every image's noise"
+    nudged = images[:1].clone()
+    nudged[0, 0, 0, 0] = torch.nextafter(nudged[0, 0, 0, 0], torch.tensor(2.0))
+    assert image_seeds(0, nudged)[0] != seeds[0], "one bit of one pixel changes the seed"
+    assert torch.equal(scorer(backbone, x, image_seeds(0, x)), feats), "ids default to image_seeds(seed, images)"
 
 
 @pytest.mark.parametrize("weighting", ["none", "ssim"])
@@ -87,7 +95,7 @@ def test_ssim_weight_is_zero_where_the_prediction_is_exact():
 
 
 def test_ddim_inversion_trajectory_option(backbone, images):
-    ids = image_seeds(0, "u", "test", range(4))
+    ids = image_seeds(0, images[:4])
     fwd = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4)(backbone, images[:4], ids)
     inv = zsad.build_scorer("diffpath_v2", steps=4, trajectory="ddim_inversion", network_batch=4)(backbone, images[:4], ids)
     absm = zsad.build_scorer("diffpath_v2", steps=4, moments="abs", network_batch=4)(backbone, images[:4], ids)

@@ -42,7 +42,16 @@ def _cmd_score(args) -> int:
     from zsad.config.schema import ScoreConfig
     from zsad.ood.score_images import score_images
 
-    cfg = load_config(args.config, args.overrides, ScoreConfig)
+    overrides = list(args.overrides)
+    if args.images is not None and "=" in args.images:  # `zsad score -c C images=DIR …` (the older form)
+        overrides.insert(0, args.images)
+        args.images = None
+    for key, value in (("images", args.images), ("detector", args.detector), ("output", args.out)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.heatmaps:
+        overrides.append("heatmaps=true")
+    cfg = load_config(args.config, overrides, ScoreConfig)
     path = score_images(cfg)
     print(f"scores written to {path}")
     return 0
@@ -61,12 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_text in (
         ("train", _cmd_train, "train the base diffusion model"),
         ("evaluate", _cmd_evaluate, "run a zero-shot OOD benchmark"),
-        ("score", _cmd_score, "score a folder of images with a fitted detector"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("-c", "--config", required=True, help="YAML config (see conf/)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
         p.set_defaults(func=func)
+    p = sub.add_parser(
+        "score", help="score a folder of images with a fitted detector",
+        description="Per-image anomaly scores for every image under DIR, computed exactly as the benchmark that fitted "
+        "the detector computed its features (preprocessing, scorer, seed, weights all come from the detector's JSON).",
+        epilog="example: zsad score photos/ --detector outputs/demo/detectors/diffpath_6d/digits --out scores.csv --heatmaps",
+    )
+    p.add_argument("images", nargs="?", default=None, help="folder of images (searched recursively)")
+    p.add_argument("--detector", default=None, help="a detector prefix written by `zsad evaluate` (…/detectors/<scorer>/<id>)")
+    p.add_argument("--out", default=None, help="CSV path (default: outputs/score/<DIR name>/scores.csv)")
+    p.add_argument("--heatmaps", action="store_true", help="also write per-pixel error heat maps (diffpath_v2 detectors)")
+    p.add_argument("-c", "--config", default=None, help="optional YAML config (conf/score/default.yaml holds the defaults)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. backbone.path=CKPT batch_size=16")
+    p.set_defaults(func=_cmd_score)
     p = sub.add_parser("demo", help="train + evaluate end to end on built-in data (CPU, minutes)")
     p.add_argument("--quick", action="store_true", help="the same pipeline, smaller (about 3 minutes)")
     p.add_argument("--output-dir", default=None, help="default: outputs/demo (outputs/demo_quick with --quick)")

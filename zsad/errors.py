@@ -30,3 +30,7 @@ class UnknownNameError(ZsadError, KeyError):
 
 class FeatureError(ZsadError, RuntimeError):
     """Scorer output that cannot be used (e.g. non-finite features)."""
+
+
+class DataLeakageError(ZsadError, ValueError):
+    """ID-fit and ID-test images overlap (the same images on both sides of the detector)."""

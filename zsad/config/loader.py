@@ -62,14 +62,25 @@ def _split_overrides(overrides: Iterable[str], conf_root: Path) -> tuple[dict[st
     return groups, dotlist
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = (), schema: Optional[type] = None) -> DictConfig:
-    """Load `path`, compose its defaults, apply `key=value` overrides and validate against `schema`."""
-    path = Path(path)
-    if not path.is_file():
-        siblings = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
-        raise ConfigError(f"Config file '{path}' not found." + (f" Files in {path.parent}: {', '.join(siblings)}" if siblings else ""))
-    conf_root = path.parent.parent
-    raw = OmegaConf.load(path)
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        return OmegaConf.load(path)  # type: ignore[return-value]
+    except Exception as err:  # noqa: BLE001 - YAML syntax errors of every kind
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0] if str(err) else type(err).__name__}. Fix the file (indentation, ':' after keys).") from None
+
+
+def load_config(path: Optional[str | Path], overrides: Iterable[str] = (), schema: Optional[type] = None) -> DictConfig:
+    """Load `path` (None: the schema's defaults only), compose its defaults, apply `key=value` overrides
+    and validate against `schema`."""
+    if path is None:
+        path, raw, conf_root = Path("<defaults>"), OmegaConf.create({}), Path("conf")
+    else:
+        path = Path(path)
+        if not path.is_file():
+            siblings = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+            raise ConfigError(f"Config file '{path}' not found." + (f" Files in {path.parent}: {', '.join(siblings)}" if siblings else ""))
+        conf_root = path.parent.parent
+        raw = _read_yaml(path)
     defaults = dict(raw.pop("defaults", None) or {})
     groups, dotlist = _split_overrides(overrides, conf_root)
     defaults.update(groups)
@@ -82,7 +93,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), schema: Optiona
             options = sorted(p.stem for p in piece_path.parent.glob("*.yaml"))
             raise ConfigError(f"'{group}: {name}' (in {path}) names {piece_path}, which does not exist. Options: {', '.join(options)}.")
         piece = OmegaConf.create({})
-        OmegaConf.update(piece, group, OmegaConf.load(piece_path), force_add=True)
+        OmegaConf.update(piece, group, _read_yaml(piece_path), force_add=True)
         cfg = _merge(cfg, piece, schema_cfg, str(piece_path))
     cfg = _merge(cfg, raw, schema_cfg, str(path))
     try:

@@ -209,10 +209,10 @@ class ScoreConfig:
 
     images: str = "???"  # folder of images (searched recursively)
     detector: str = "???"  # path prefix of a saved detector (…/detectors/<scorer>/<id>)
-    output: Optional[str] = None  # CSV path; default: <images>/zsad_scores.csv
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    output: Optional[str] = None  # CSV path; default: outputs/score/<images folder name>/scores.csv
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)  # default: the weights the detector records
     batch_size: int = 64
     num_workers: int = 2
     heatmaps: bool = False  # diffpath_v2 only: per-pixel weighted-error maps as PNG
-    heatmap_dir: Optional[str] = None  # default: next to the CSV
+    heatmap_dir: Optional[str] = None  # default: heatmaps/ beside the CSV (never inside the input folder)
     device: str = "auto"

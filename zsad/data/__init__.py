@@ -3,7 +3,7 @@
 from zsad.data.base import ImageDataset
 from zsad.errors import CorruptImageError, DatasetNotFoundError
 from zsad.data.builtin import BUILTIN_NAMES, make_builtin
-from zsad.data.registry import DATASETS, build_dataset
+from zsad.data.registry import DATASETS, build_dataset, build_training_dataset, folder_dataset
 
 __all__ = [
     "BUILTIN_NAMES",
@@ -12,5 +12,7 @@ __all__ = [
     "DatasetNotFoundError",
     "ImageDataset",
     "build_dataset",
+    "build_training_dataset",
+    "folder_dataset",
     "make_builtin",
 ]

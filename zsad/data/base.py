@@ -40,6 +40,15 @@ class ImageSource:
         return f"{type(self).__name__}:{len(self)}"
 
 
+def files_identity(files: Sequence[Path], root: Optional[Path] = None) -> str:
+    """A hash of (root, each file's name relative to it, size, mtime): changes when any file does."""
+    h = hashlib.sha256(f"{Path(root).resolve() if root else ''}\n".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(root) if root else f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
 class FileSource(ImageSource):
     """Image files on disk."""
 
@@ -59,12 +68,8 @@ class FileSource(ImageSource):
         return str(self.files[i])
 
     def identity(self) -> str:
-        """Names, sizes and modification times: a replaced or edited file changes the identity."""
-        h = hashlib.sha256()
-        for f in self.files:
-            st = f.stat()
-            h.update(f"{f.relative_to(self.root) if self.root else f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        return "files:" + h.hexdigest()[:16]
+        """Root, names, sizes and modification times: a replaced or edited file changes the identity."""
+        return "files:" + files_identity(self.files, self.root)
 
 
 class ArraySource(ImageSource):
@@ -93,9 +98,10 @@ class ArraySource(ImageSource):
 class TorchvisionSource(ImageSource):
     """A torchvision dataset whose items are (PIL image, target)."""
 
-    def __init__(self, dataset, label: str):
+    def __init__(self, dataset, label: str, data_files: Sequence[Path] = ()):
         self.dataset = dataset
         self.label = label
+        self.data_files = [Path(f) for f in data_files]
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -107,7 +113,8 @@ class TorchvisionSource(ImageSource):
         return f"{self.label}[{i}]"
 
     def identity(self) -> str:
-        return f"torchvision:{self.label}:{len(self)}"
+        """Name, length and the identity of the files the images are read from."""
+        return f"torchvision:{self.label}:{len(self)}:" + files_identity(self.data_files)
 
 
 def _readable(source: ImageSource, i: int) -> Optional[str]:
@@ -133,6 +140,7 @@ class ImageDataset(Dataset):
     ):
         self.name, self.split, self.source, self.transform = name, split, source, transform
         self.spec = dict(spec)
+        self.notes: list[str] = []  # what a user should know about how the split was made
         n = len(source) if max_images is None else min(max_images, len(source))
         self.indices = list(range(n))
         self.skipped: list[str] = []

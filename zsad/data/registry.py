@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -71,8 +72,14 @@ def _read_partition(path: Path) -> list[tuple[str, str]]:
         return [tuple(line.split()[:2]) for line in f if line.strip()]  # type: ignore[misc]
 
 
+TORCHVISION_SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"), "svhn": ("train", "test", "extra"), "textures": ("train", "val", "test")}
+
+
 def _torchvision(kind: str, root: Path, split: str, download: bool) -> ImageSource:
     import torchvision.datasets as tvd
+
+    if split not in TORCHVISION_SPLITS[kind]:
+        raise ConfigError(f"{kind}: unknown split '{split}'. Valid splits: {', '.join(TORCHVISION_SPLITS[kind])}.")
 
     where = {"cifar10": root, "cifar100": root, "svhn": root / "svhn", "textures": root}[kind]
     try:
@@ -96,19 +103,54 @@ def _torchvision(kind: str, root: Path, split: str, download: bool) -> ImageSour
             f"{kind} ({split}) not found under '{root}' (expected {expected} there; torchvision said: {err}). "
             f"Set data.download=true to fetch it with torchvision, or point data.root at the folder that holds it."
         ) from None
-    return TorchvisionSource(ds, f"{kind}/{split}")
+    return TorchvisionSource(ds, f"{kind}/{split}", data_files=_torchvision_files(kind, ds))
 
 
-def _imagefolder_files(root: Path, split: str) -> list[Path]:
-    base = root / split if (root / split).is_dir() else root
-    if not base.is_dir():
-        raise DatasetNotFoundError(f"imagefolder: '{base}' is not a folder. Set data.root to a folder of images.")
+def _torchvision_files(kind: str, ds) -> list[Path]:
+    """The files a torchvision set reads its images from (their sizes and mtimes key feature caches)."""
+    if kind in ("cifar10", "cifar100"):
+        base = Path(ds.root) / ds.base_folder
+        return [base / name for name, _ in (ds.train_list if ds.train else ds.test_list)]
+    return [Path(ds.root) / ds.filename]  # svhn
+
+
+SPLIT_FOLDERS = ("train", "test", "val", "valid", "validation")
+
+
+def _hash_fraction(name: str) -> float:
+    """A uniform number in [0, 1) from a file's relative path: the same file always falls on the same side."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") / 2.0**64
+
+
+def _imagefolder_files(root: Path, split: str, fit_fraction: float = 0.5) -> tuple[list[Path], list[str]]:
+    """(files of `split`, notes for the user). `<root>/<split>/` when it exists; `all` = every image under
+    root; a flat folder (no split folders) is split by a hash of each relative path: `train` gets
+    `fit_fraction` of the files, `test` the rest, so ID-fit and ID-test never share an image file."""
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"imagefolder: '{root}' is not a folder. Set data.root to a folder of images.")
+    present = [d for d in SPLIT_FOLDERS if (root / d).is_dir()]
+    if split != "all" and present and split not in present:
+        raise ConfigError(f"imagefolder: '{root}' has no '{split}/' folder. Valid splits here: {', '.join([*present, 'all'])}.")
+    if split != "all" and not present and split not in ("train", "test"):
+        raise ConfigError(f"imagefolder: unknown split '{split}' for the flat folder '{root}' (split by file name). Valid splits: train, test, all.")
+    base = root / split if split in present else root
     files = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
         raise DatasetNotFoundError(
             f"imagefolder: no images ({', '.join(IMAGE_EXTENSIONS)}) under '{base}'. Set data.root to a folder of images."
         )
-    return files
+    if split == "all" or present:
+        return files, []
+    if not 0 < fit_fraction < 1:
+        raise ConfigError(f"imagefolder: data.options.fit_fraction must be in (0, 1); got {fit_fraction}.")
+    fit = [f for f in files if _hash_fraction(f.relative_to(root).as_posix()) < fit_fraction]
+    test = [f for f in files if _hash_fraction(f.relative_to(root).as_posix()) >= fit_fraction]
+    chosen = fit if split == "train" else test
+    if not chosen:
+        raise DatasetNotFoundError(f"imagefolder: the {split} part of the flat folder '{root}' is empty ({len(files)} images split by hashed file name). Add images, or put them in {root}/train/ and {root}/test/.")
+    note = (f"'{root}' has no train/ or test/ folder: split by hashed file name into {len(fit)} fit (train) and "
+            f"{len(test)} test images (data.options.fit_fraction={fit_fraction:g}).")
+    return chosen, [note]
 
 
 def _build(cfg, source: ImageSource, center_crop: int | None = None) -> ImageDataset:
@@ -135,7 +177,22 @@ def _tv(kind: str) -> Callable:
 
 def _imagefolder(cfg) -> ImageDataset:
     root = Path(cfg.root)
-    return _build(cfg, FileSource(_imagefolder_files(root, cfg.split), root=root))
+    opts = dict(cfg.options or {})
+    unknown = set(opts) - {"fit_fraction"}
+    if unknown:
+        raise ConfigError(f"imagefolder takes data.options fit_fraction, not {sorted(unknown)}.")
+    files, notes = _imagefolder_files(root, cfg.split, float(opts.get("fit_fraction", 0.5)))
+    dataset = _build(cfg, FileSource(files, root=root))
+    dataset.notes += notes
+    return dataset
+
+
+def folder_dataset(root: str | Path, image_size: int, center_crop: int | None = None) -> ImageDataset:
+    """Every image under `root` (recursively), preprocessed as a benchmark set was: optional CenterCrop,
+    then Resize (what `zsad score` reads)."""
+    files, _ = _imagefolder_files(Path(root), "all")
+    spec = {"image_size": int(image_size), "center_crop": center_crop, "options": {}}
+    return ImageDataset("imagefolder", "all", FileSource(files, root=Path(root)), build_transform(int(image_size), center_crop), spec)
 
 
 def _builtin(name: str) -> Callable:
@@ -159,6 +216,15 @@ DATASETS: dict[str, Callable] = {
     "imagefolder": _imagefolder,
     **{name: _builtin(name) for name in BUILTIN_NAMES},
 }
+
+
+def build_training_dataset(cfg) -> ImageDataset:
+    """`build_dataset` for training the base model: a flat image folder gives all its images (the
+    fit/test halves of a flat folder are an evaluation notion)."""
+    if cfg.name == "imagefolder" and Path(cfg.root).is_dir() and not any((Path(cfg.root) / d).is_dir() for d in SPLIT_FOLDERS):
+        cfg = cfg.copy()
+        cfg.split = "all"
+    return build_dataset(cfg)
 
 
 def build_dataset(cfg) -> ImageDataset:

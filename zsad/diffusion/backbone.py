@@ -10,8 +10,12 @@ class Backbone(nn.Module):
     """A frozen diffusion model.
 
     Attributes: `alphas_cumprod` (float64 [T]), `num_timesteps` (T), `image_size`, `fingerprint`
-    (a content hash of the weights file, used to key feature caches).
+    (a content hash of the weights file), `trained_on` (the dataset the weights were trained on, when
+    known: "celeba", "imagenet", …), and `identity` (everything about the model that changes ε̂, as
+    plain data: it keys feature caches and is recorded in fitted detectors).
     """
+
+    trained_on: str = ""
 
     alphas_cumprod: torch.Tensor
 
@@ -23,6 +27,7 @@ class Backbone(nn.Module):
         self.num_timesteps = int(alphas_cumprod.numel())
         self.image_size = int(image_size)
         self.fingerprint = fingerprint
+        self.identity: dict = {"sha256": fingerprint}
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         """ε̂(x_t, t) for float32 x_t [B, 3, S, S] and int64 t [B] with 0 <= t < T."""

@@ -1,7 +1,7 @@
 """Published improved-diffusion checkpoints (DiffPath CelebA-32, OpenAI ImageNet-64) as zsad backbones.
 
 Hyper-parameters are not stored in those files (spec §1): they come from a preset, a dict, or a JSON
-file with the keys of `create_model_and_diffusion` (shared/fixtures/improved_diffusion/small_config.json)."""
+file with the keys of `create_model_and_diffusion` (tests/fixtures/improved_diffusion/small_config.json)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ PRESETS: dict[str, ImprovedDiffusionConfig] = {
         image_size=64, num_channels=128, num_res_blocks=3, dropout=0.0, learn_sigma=True, diffusion_steps=4000, noise_schedule="cosine"
     ),
 }
+PRESET_TRAINED_ON = {"diffpath-celeba32": "celeba", "openai-imagenet64": "imagenet"}
 PRESET_FILES = {"diffpath-celeba32": "celeba_ema_0.9999_499999.pt", "openai-imagenet64": "imagenet64_uncond_100M_1500K.pt"}
 # Keys of create_model_and_diffusion that do not change the network or the ε it predicts.
 IGNORED_KEYS = {"timestep_respacing", "use_kl", "predict_xstart", "sigma_small", "rescale_learned_sigmas", "use_checkpoint", "use_zero_module", "use_fp16"}
@@ -126,6 +127,7 @@ class ImprovedDiffusionBackbone(Backbone):
         self.unet = unet
         self.config = config
         self.time_scale = 1000.0 / config.diffusion_steps if config.rescale_timesteps else 1.0
+        self.trained_on = next((PRESET_TRAINED_ON[name] for name, preset in PRESETS.items() if preset == config), "")
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(x_t, t.float() * self.time_scale)[:, :3]

@@ -78,10 +78,16 @@ def load_backbone(
         if not is_zsad_checkpoint(obj):
             raise BackboneLoadError(f"'{path}' is not a `zsad train` checkpoint (no hyper_parameters.config).")
         backbone = from_zsad_checkpoint(obj, use_ema=use_ema, fingerprint=fingerprint)
+        model_config = obj["hyper_parameters"]["config"].get("model")
     else:
+        import dataclasses
+
         from zsad.diffusion.improved_diffusion import from_improved_diffusion_state_dict
 
         backbone = from_improved_diffusion_state_dict(obj, config=config, fingerprint=fingerprint)
+        model_config = dataclasses.asdict(backbone.config)  # the content, not a path to a JSON that can change
+    # Weights and the configuration that builds the network: what ε̂ depends on (the path does not).
+    backbone.identity = {"sha256": fingerprint, "format": kind, "model_config": model_config, "use_ema": bool(use_ema) if kind == "zsad" else None}
     return backbone.to(device).eval()
 
 

@@ -34,7 +34,7 @@ class ZsadBackbone(Backbone):
 
 def from_zsad_checkpoint(ckpt: dict, use_ema: bool = True, fingerprint: str = "") -> ZsadBackbone:
     """Build the Unet described by the checkpoint's hyper-parameters and load EMA (or online) weights."""
-    from zsad.training.networks import alphas_cumprod_for, build_unet
+    from zsad.diffusion.unet import alphas_cumprod_for, build_unet
 
     cfg = OmegaConf.create(ckpt["hyper_parameters"]["config"])
     unet = build_unet(cfg.model.unet)
@@ -47,4 +47,6 @@ def from_zsad_checkpoint(ckpt: dict, use_ema: bool = True, fingerprint: str = ""
     except RuntimeError as err:
         raise BackboneLoadError(f"Checkpoint weights do not fit the Unet in its own config: {err}") from None
     unet.eval().requires_grad_(False)
-    return ZsadBackbone(unet, alphas_cumprod_for(cfg.model), str(cfg.model.diffusion.objective), int(cfg.data.image_size), fingerprint)
+    backbone = ZsadBackbone(unet, alphas_cumprod_for(cfg.model), str(cfg.model.diffusion.objective), int(cfg.data.image_size), fingerprint)
+    backbone.trained_on = str(cfg.data.name)
+    return backbone

@@ -15,13 +15,14 @@ from zsad.config import save_config, to_plain
 from zsad.config.schema import DataConfig
 from zsad.data import build_dataset
 from zsad.diffusion.loading import backbone_settings, load_backbone_from
-from zsad.errors import ConfigError
+from zsad.errors import ConfigError, DataLeakageError
 from zsad.ood.detector import GMMDetector, KDEDetector
-from zsad.ood.extraction import FeatureCache, FeatureSet, configure_precision, extract_features, run_nonce
+from zsad.ood.extraction import configure_precision, extract_features, run_nonce
+from zsad.ood.feature_cache import FeatureCache, FeatureSet, runtime_identity
 from zsad.ood.metrics import bootstrap_auroc_ci, ood_metrics, roc_curve
 from zsad.ood.published import PUBLISHED_AUROC
 from zsad.ood.report import mean_rows, plot_histograms, plot_roc, write_results
-from zsad.ood.scorers import Scorer, build_scorer
+from zsad.ood.scorers import Scorer, build_scorer, padding_share
 from zsad.utils.dist import env_global_rank
 from zsad.utils.loggers import build_logger, close_loggers
 
@@ -38,12 +39,25 @@ def validate(cfg: DictConfig) -> None:
     for pair in cfg.far_pairs:
         if len(pair) != 2 or pair[0] not in cfg.id or pair[1] not in cfg.ood:
             raise ConfigError(f"far_pairs entry {list(pair)} must be [id_alias, ood_alias] from `id` and `ood`.")
+    if str(cfg.fit_split) == str(cfg.eval_split):
+        raise ConfigError(
+            f"fit_split and eval_split are both '{cfg.fit_split}': the detector would be fitted on the images it is "
+            "tested on. Use disjoint splits (e.g. fit_split=train eval_split=test; a flat image folder is split by file name)."
+        )
 
 
-def backbone_identity(cfg: DictConfig, backbone) -> dict:
-    """What the features depend on: the weights' content hash and how they were loaded."""
-    settings = backbone_settings(cfg.backbone)
-    return {"sha256": backbone.fingerprint, "format": settings["format"], "config": settings["config"], "use_ema": bool(settings["use_ema"])}
+def check_network_padding(scorers: list[Scorer], batch_size: int, device: str, limit: float = 0.10) -> None:
+    """Refuse a network call size that pads every full loader batch by more than `limit` (wasted compute)."""
+    for scorer in scorers:
+        rows, call = scorer.rows_per_call(batch_size), scorer.network_batch_for(device)
+        share = padding_share(rows, call)
+        if share > limit:
+            divisor = max(d for d in range(1, min(call, rows) + 1) if rows % d == 0)
+            raise ConfigError(
+                f"network_batch={call} pads {share:.0%} of {scorer.name}'s network calls with zero images: it passes "
+                f"{rows} rows per loader batch of {batch_size}. Set network_batch={divisor} (divides {rows}) or a "
+                f"batch_size that makes the rows a multiple of {call}."
+            )
 
 
 def dataset_for(cfg: DictConfig, alias: str, split: str, image_size: int):
@@ -55,6 +69,14 @@ def dataset_for(cfg: DictConfig, alias: str, split: str, image_size: int):
         data.max_images = min(int(limit), int(data.max_images)) if data.max_images else int(limit)
     data.num_workers = int(cfg.num_workers)
     return build_dataset(data)
+
+
+def extraction_device(cfg: DictConfig) -> str:
+    """The device kind feature extraction will run on (for defaults and the cache key)."""
+    accel = str(cfg.trainer.accelerator)
+    if accel == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if accel == "gpu" else accel
 
 
 def build_scorers(cfg: DictConfig) -> list[Scorer]:
@@ -82,6 +104,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_nonce()  # fixed before Lightning starts other processes, which inherit it
     out = Path(cfg.output_dir)
     scorers = build_scorers(cfg)
+    check_network_padding(scorers, int(cfg.batch_size), extraction_device(cfg))
     backbone = load_backbone_from(cfg.backbone)
     image_size = int(cfg.image_size or backbone.image_size)
     rank0 = env_global_rank() == 0
@@ -102,7 +125,8 @@ def _run(cfg, out: Path, scorers: list[Scorer], backbone, image_size: int, logge
     t0 = time.time()
     configure_precision(bool(cfg.trainer.allow_tf32))
     cache = FeatureCache(cfg.cache_dir)
-    identity = backbone_identity(cfg, backbone)
+    identity = backbone.identity
+    runtime = runtime_identity(extraction_device(cfg))
     trainer_kwargs = dict(
         accelerator=str(cfg.trainer.accelerator),
         devices=cfg.trainer.devices,
@@ -113,28 +137,37 @@ def _run(cfg, out: Path, scorers: list[Scorer], backbone, image_size: int, logge
         enable_model_summary=False,
         default_root_dir=str(out),
     )
+    rank0 = env_global_rank() == 0
     needed = [(a, cfg.fit_split) for a in cfg.id] + [(a, cfg.eval_split) for a in dict.fromkeys([*cfg.id, *cfg.ood])]
+    datasets = {}
+    for alias, split in needed:
+        datasets[(alias, split)] = ds = dataset_for(cfg, alias, split, image_size)
+        for note in ds.notes if rank0 else []:
+            print(f"[data] {alias}: {note}")
     features: dict[tuple[str, str, str], FeatureSet] = {}
     extracted = 0
     for scorer in scorers:
         for alias, split in needed:
-            dataset = dataset_for(cfg, alias, split, image_size)
-            fs = extract_features(backbone, identity, scorer, dataset, cache, int(cfg.seed), trainer_kwargs, int(cfg.batch_size), int(cfg.num_workers))
+            fs = extract_features(backbone, identity, scorer, datasets[(alias, split)], cache, int(cfg.seed), trainer_kwargs, int(cfg.batch_size), int(cfg.num_workers), runtime)
             if fs is not None:
                 features[(scorer.name, alias, split)] = fs
                 extracted += 0 if fs.from_cache else 1
-    if env_global_rank() != 0:
+    if not rank0:
         return {}
     t_extract = time.time() - t0
+    duplicates = {alias: check_duplicates(alias, datasets[(alias, cfg.fit_split)], features[(scorers[0].name, alias, cfg.fit_split)],
+                                          datasets[(alias, cfg.eval_split)], features[(scorers[0].name, alias, cfg.eval_split)]) for alias in cfg.id}
 
     far = {tuple(p) for p in cfg.far_pairs}
+    # Published DiffPathV2 numbers were measured with a CelebA base model: only comparable to ours then.
+    published = PUBLISHED_AUROC if backbone.trained_on == "celeba" else {}
     rows, curves_by = [], {}
     for scorer in scorers:
         for id_alias in cfg.id:
             detector = make_detector(cfg, scorer).fit(features[(scorer.name, id_alias, cfg.fit_split)].features)
             det_path = out / "detectors" / scorer.name / id_alias
             detector.save(det_path)
-            _annotate_detector(det_path, scorer, identity, cfg, id_alias, image_size)
+            _annotate_detector(det_path, scorer, backbone, cfg, id_alias, datasets[(id_alias, cfg.eval_split)], image_size)
             id_test = features[(scorer.name, id_alias, cfg.eval_split)]
             id_scores = detector.score(id_test.features)
             ood_scores, curves = {}, {}
@@ -147,11 +180,12 @@ def _run(cfg, out: Path, scorers: list[Scorer], backbone, image_size: int, logge
                 m = ood_metrics(id_scores, scores)
                 lo, hi = bootstrap_auroc_ci(id_scores, scores, n_boot=int(cfg.bootstrap), seed=int(cfg.seed)) if cfg.bootstrap else (None, None)
                 id_name, ood_name = cfg.datasets[id_alias].name, cfg.datasets[ood_alias].name
+                pub = published.get(scorer.name, {}).get((id_name, ood_name))
                 rows.append({
                     "scorer": scorer.name, "id": id_alias, "ood": ood_alias,
                     "shift": "far" if (id_alias, ood_alias) in far else ("near" if far else ""),
                     **m, "auroc_ci_low": lo, "auroc_ci_high": hi, "n_id": len(id_scores), "n_ood": len(scores),
-                    "published_auroc": PUBLISHED_AUROC.get(scorer.name, {}).get((id_name, ood_name)),
+                    "published_auroc": pub, "delta_auroc": None if pub is None else m["auroc"] - pub,
                 })
                 score_file = out / "scores" / scorer.name / f"{id_alias}_vs_{ood_alias}.npz"  # every number traceable
                 score_file.parent.mkdir(parents=True, exist_ok=True)
@@ -167,18 +201,47 @@ def _run(cfg, out: Path, scorers: list[Scorer], backbone, image_size: int, logge
                 plots.append(plot_roc(out / "plots" / f"roc_{scorer_name}_{id_alias}.png", scorer_name, id_alias, curves))
                 plots.append(plot_histograms(out / "plots" / f"hist_{scorer_name}_{id_alias}.png", scorer_name, id_alias, id_scores, ood_scores))
     timing = {"extract_s": t_extract, "total_s": time.time() - t0, "extractions_run": extracted}
-    md = write_results(out, rows, means, {"timing": timing, "backbone": identity, "image_size": image_size}, title=f"zsad evaluate: {Path(cfg.output_dir).name}")
+    extra = {"timing": timing, "backbone": identity, "runtime": runtime, "image_size": image_size, "fit_test_duplicates": duplicates}
+    md = write_results(out, rows, means, extra, title=f"zsad evaluate: {Path(cfg.output_dir).name}")
     _log(loggers, rows, means, plots)
     return {"rows": rows, "means": means, "table_markdown": md, "output_dir": str(out), "plots": [str(p) for p in plots], "timing": timing}
 
 
-def _annotate_detector(path: Path, scorer: Scorer, identity: dict, cfg, id_alias: str, image_size: int) -> None:
-    """Record in the detector's JSON what produced its features, so `zsad score` can reproduce them."""
+def check_duplicates(alias: str, fit_ds, fit: FeatureSet, test_ds, test: FeatureSet, max_share: float = 0.01) -> dict:
+    """Exact duplicates between ID-fit and ID-test (equal pixel-hash seeds): a count and a few names;
+    more than `max_share` of the test images is an error (the AUROC would be inflated)."""
+    fit_by_seed = dict(zip(fit.seeds.tolist(), fit.indices.tolist()))
+    pairs = [(int(i), fit_by_seed[s]) for i, s in zip(test.indices.tolist(), test.seeds.tolist()) if s in fit_by_seed]
+    if not pairs:
+        return {"count": 0, "examples": []}
+    examples = [f"{test_ds.source.describe(i)} = {fit_ds.source.describe(j)}" for i, j in pairs[:3]]
+    share = len(pairs) / len(test.indices)
+    message = (f"{alias}: {len(pairs)} of {len(test.indices)} ID-test images ({share:.1%}) are exact duplicates of ID-fit "
+               f"images, e.g. {'; '.join(examples)}")
+    if share > max_share:
+        raise DataLeakageError(f"{message}. Remove the duplicates from one split (more than {max_share:.0%} would inflate every AUROC of this ID set).")
+    print(f"[data] warning: {message}")
+    return {"count": len(pairs), "examples": examples}
+
+
+def _annotate_detector(path: Path, scorer: Scorer, backbone, cfg, id_alias: str, dataset, image_size: int) -> None:
+    """Record in the detector's JSON everything that made its features, so `zsad score` reproduces them."""
     import json
 
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text())
-    meta["features"] = {"scorer": scorer.options(), "backbone": identity, "id_dataset": to_plain(cfg.datasets[id_alias]), "image_size": image_size, "seed": int(cfg.seed)}
+    settings = backbone_settings(cfg.backbone)
+    meta["features"] = {
+        "scorer": scorer.options(),
+        "scorer_version": scorer.version,
+        "network_batch": scorer.network_batch_for(backbone.alphas_cumprod.device),
+        "preprocessing": dataset.spec,  # image size, centre crop: what the ID images went through
+        "image_size": image_size,
+        "seed": int(cfg.seed),
+        "backbone": {**backbone.identity, "path": str(Path(settings["path"]).resolve()), "config": settings["config"]},
+        "id_dataset": to_plain(cfg.datasets[id_alias]),
+        "allow_tf32": bool(cfg.trainer.allow_tf32),
+    }
     meta_path.write_text(json.dumps(meta, indent=2, default=str))
 
 

@@ -1,15 +1,12 @@
 """Feature extraction at scale: Lightning `predict` over any number of devices, gathered by image index,
-cached on disk per (weights, dataset split, preprocessing, scorer options, seed)."""
+through the on-disk cache of `zsad.ood.feature_cache`."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import lightning as L
 import numpy as np
@@ -20,24 +17,13 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from zsad.data.base import ImageDataset
 from zsad.diffusion.backbone import Backbone
 from zsad.errors import FeatureError
+from zsad.ood.feature_cache import FeatureCache, FeatureSet, cache_key
 from zsad.ood.scorers import Scorer, image_seeds
-
-FEATURE_FORMAT_VERSION = 1
-
-
-@dataclass
-class FeatureSet:
-    """Features of one dataset split: rows sorted by image index."""
-
-    features: np.ndarray  # float64 [N, D]
-    indices: np.ndarray  # int64 [N]
-    meta: dict
-    from_cache: bool = False
 
 
 class OODEvaluationModule(L.LightningModule):
-    """predict_step: (images, indices) → {"index", "features"}; noise is seeded per image, so results do
-    not depend on which process or batch an image lands in."""
+    """predict_step: (images, indices) → {"index", "seed", "features"}. Noise is seeded by a hash of each
+    image's pixels, so results do not depend on which process, batch or dataset an image lands in."""
 
     def __init__(self, backbone: Backbone, scorer: Scorer, dataset_name: str, split: str, seed: int):
         super().__init__()
@@ -47,12 +33,12 @@ class OODEvaluationModule(L.LightningModule):
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         images, indices = batch
-        ids = image_seeds(self.seed, self.dataset_name, self.split, indices.tolist())
+        ids = image_seeds(self.seed, images)
         try:
             features = self.scorer(self.backbone, images, ids)
         except FeatureError as err:
             raise FeatureError(f"{self.dataset_name}/{self.split}, image indices {indices.tolist()[:20]}: {err}") from None
-        return {"index": indices.cpu().to(torch.int64), "features": features}
+        return {"index": indices.cpu().to(torch.int64), "seed": ids, "features": features}
 
 
 class ShardSampler(Sampler[int]):
@@ -79,8 +65,16 @@ class ShardWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         name = f"part-{self.nonce}-r{trainer.global_rank}-b{batch_idx:06d}.pt"
         tmp = self.shard_dir / f".{name}.tmp"
-        torch.save({"index": prediction["index"], "features": prediction["features"]}, tmp)
-        os.replace(tmp, self.shard_dir / name)
+        for attempt in range(5):
+            # A concurrent run that completes this entry first removes shards/ (its content is then unused).
+            try:
+                self.shard_dir.mkdir(parents=True, exist_ok=True)
+                torch.save({k: prediction[k] for k in ("index", "seed", "features")}, tmp)
+                os.replace(tmp, self.shard_dir / name)
+                return
+            except (FileNotFoundError, RuntimeError):
+                if attempt == 4:
+                    raise
 
 
 def configure_precision(allow_tf32: bool = False) -> None:
@@ -96,71 +90,8 @@ def run_nonce() -> str:
     every process agrees on which shards came from an earlier, interrupted run."""
     if "ZSAD_RUN_NONCE" not in os.environ:
         slurm = os.environ.get("SLURM_JOB_ID")
-        os.environ["ZSAD_RUN_NONCE"] = f"s{slurm}.{os.environ.get('SLURM_RESTART_COUNT', '0')}" if slurm else f"t{time.time_ns()}"
+        os.environ["ZSAD_RUN_NONCE"] = f"s{slurm}.{os.environ.get('SLURM_RESTART_COUNT', '0')}" if slurm else f"t{time.time_ns()}.{os.getpid()}"
     return os.environ["ZSAD_RUN_NONCE"]
-
-
-def cache_key(backbone_id: dict, dataset: ImageDataset, scorer: Scorer, seed: int) -> str:
-    payload = {
-        "version": FEATURE_FORMAT_VERSION,
-        "backbone": backbone_id,
-        "dataset": dataset.fingerprint(),
-        "scorer": scorer.options(),
-        "seed": seed,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-class FeatureCache:
-    """`<root>/<scorer>/<dataset>_<split>/<key[:24]>/` holds features.npz + meta.json when complete,
-    and shards/ while extraction runs."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    def folder(self, scorer: Scorer, dataset: ImageDataset, key: str) -> Path:
-        return self.root / scorer.name / f"{dataset.name}_{dataset.split}" / key[:24]
-
-    def load(self, folder: Path) -> Optional[FeatureSet]:
-        if not (folder / "meta.json").is_file():
-            return None
-        meta = json.loads((folder / "meta.json").read_text())
-        with np.load(folder / "features.npz", allow_pickle=False) as data:
-            return FeatureSet(data["features"], data["indices"], meta, from_cache=True)
-
-    @staticmethod
-    def read_shards(shard_dir: Path, exclude_nonce: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
-        idx, feats = [], []
-        for path in sorted(shard_dir.glob("part-*.pt")):
-            if exclude_nonce is not None and path.name.startswith(f"part-{exclude_nonce}-"):
-                continue
-            shard = torch.load(path, map_location="cpu", weights_only=True)
-            idx.append(shard["index"].numpy())
-            feats.append(shard["features"].numpy())
-        if not idx:
-            return np.zeros(0, np.int64), np.zeros((0, 0))
-        return np.concatenate(idx), np.concatenate(feats)
-
-    def finalize(self, folder: Path, expected: np.ndarray, meta: dict) -> FeatureSet:
-        """Gather shards by index (each index once), check coverage, write atomically, drop shards."""
-        indices, features = self.read_shards(folder / "shards")
-        order = np.argsort(indices, kind="stable")
-        indices, features = indices[order], features[order]
-        unique, first = np.unique(indices, return_index=True)
-        indices, features = unique, features[first]  # a batch re-run after a crash may appear twice
-        if not np.array_equal(indices, np.sort(expected)):
-            missing = np.setdiff1d(expected, indices)
-            raise RuntimeError(f"Feature extraction incomplete in {folder}: {len(missing)} images missing (first {missing[:10].tolist()}).")
-        tmp = folder / ".features.tmp.npz"
-        np.savez(tmp, features=features, indices=indices)
-        os.replace(tmp, folder / "features.npz")
-        meta = {**meta, "n": int(len(indices)), "dim": int(features.shape[1])}
-        (folder / ".meta.tmp").write_text(json.dumps(meta, indent=2, default=str))
-        os.replace(folder / ".meta.tmp", folder / "meta.json")  # written last: its presence means complete
-        for path in (folder / "shards").glob("*"):
-            path.unlink()
-        (folder / "shards").rmdir()
-        return FeatureSet(features, indices, meta)
 
 
 def _barrier(trainer: Optional[L.Trainer]) -> None:
@@ -178,10 +109,11 @@ def extract_features(
     trainer_kwargs: dict,
     batch_size: int,
     num_workers: int,
-    log=print,
+    runtime: dict,
+    log: Callable[[str], None] = print,
 ) -> Optional[FeatureSet]:
     """Features of every image of `dataset` (from cache when complete). Returns None on non-zero ranks."""
-    key = cache_key(backbone_id, dataset, scorer, seed)
+    key = cache_key(backbone_id, dataset, scorer, seed, runtime)
     folder = cache.folder(scorer, dataset, key)
     cached = cache.load(folder)
     if cached is not None:
@@ -189,8 +121,8 @@ def extract_features(
         return cached
     shard_dir = folder / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    # Shards of earlier (interrupted) runs only: every process sees the same set, whatever the others
-    # have already written in this run.
+    # Shards of other runs (interrupted, or running now on the same cache): every process of this run
+    # sees the same set, whatever the others have already written in this run.
     done = set(cache.read_shards(shard_dir, exclude_nonce=run_nonce())[0].tolist())
     positions = [p for p, i in enumerate(dataset.indices) if i not in done]
     todo = Subset(dataset, positions)
@@ -204,7 +136,11 @@ def extract_features(
     _barrier(trainer)
     result = None
     if trainer.global_rank == 0:
-        meta = {"key": key, "scorer": scorer.options(), "feature_names": scorer.feature_names, "dataset": dataset.name, "split": dataset.split, "backbone": backbone_id, "seed": seed, "skipped_images": dataset.skipped}
+        meta = {
+            "key": key, "scorer": scorer.options(), "scorer_version": scorer.version, "feature_names": scorer.feature_names,
+            "dataset": dataset.name, "split": dataset.split, "backbone": backbone_id, "seed": seed, "runtime": runtime,
+            "skipped_images": dataset.skipped,
+        }
         result = cache.finalize(folder, np.asarray(dataset.indices, dtype=np.int64), meta)
     _barrier(trainer)
     return result

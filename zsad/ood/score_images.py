@@ -1,95 +1,122 @@
-"""`zsad score`: anomaly scores (and optional error heat maps) for a folder of images."""
+"""`zsad score`: anomaly scores (and optional error heat maps) for a folder of images, computed exactly as
+the benchmark that fitted the detector computed its features (same preprocessing, scorer, network call
+size, seeds and weights), so an image gets the same score here as in `zsad evaluate`."""
 
 from __future__ import annotations
 
 import csv
 import json
-import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from zsad.config.schema import DataConfig
-from zsad.data import build_dataset
-from zsad.diffusion.loading import load_backbone_from
+from zsad.data import folder_dataset
+from zsad.diffusion.loading import load_backbone
 from zsad.errors import ConfigError
 from zsad.ood.detector import load_detector
 from zsad.ood.extraction import configure_precision
 from zsad.ood.scorers import build_scorer, image_seeds
+from zsad.utils.progress import progress_bar
 
 
-def _detector_meta(path: Path) -> dict:
+def detector_record(path: Path) -> dict:
+    """The `features` record that `zsad evaluate` wrote beside a fitted detector."""
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
-        raise ConfigError(f"detector={path}: no {meta_path.name} there. Use a prefix written by `zsad evaluate`, e.g. outputs/eval/x/detectors/diffpath_v2/celeba.")
+        raise ConfigError(f"detector {path}: no {meta_path.name} there. Use a prefix written by `zsad evaluate`, e.g. outputs/eval/x/detectors/diffpath_v2/celeba.")
     meta = json.loads(meta_path.read_text())
-    if "features" not in meta:
-        raise ConfigError(f"{meta_path} does not record which scorer made its features; refit it with `zsad evaluate`.")
-    return meta
+    record = meta.get("features")
+    if not record or "preprocessing" not in record or "network_batch" not in record:
+        raise ConfigError(f"{meta_path} does not record how its features were made (written by an older zsad); refit it with `zsad evaluate`.")
+    return record
 
 
-def score_images(cfg: DictConfig) -> Path:
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def default_output(images: Path) -> Path:
+    """outputs/score/<folder name>/scores.csv: never inside the input folder."""
+    return Path("outputs") / "score" / images.resolve().name / "scores.csv"
+
+
+def score_images(cfg: DictConfig, log=print) -> Path:
     """Write a CSV (file, anomaly_score, features…) for every image under `cfg.images`; returns its path."""
     for key in ("images", "detector"):
-        if OmegaConf.is_missing(cfg, key):
-            raise ConfigError(f"{key} is not set: zsad score -c CONFIG images=DIR detector=PREFIX backbone.path=CKPT")
-    det_path = Path(cfg.detector)
-    meta = _detector_meta(det_path)
-    feat = meta["features"]
-    options = {k: v for k, v in feat["scorer"].items() if k != "name"}
-    scorer = build_scorer(feat["scorer"]["name"], **options)
+        if OmegaConf.is_missing(cfg, key) or not cfg[key]:
+            raise ConfigError(f"{key} is not set: zsad score DIR --detector PREFIX")
+    images_dir, det_path = Path(cfg.images), Path(cfg.detector)
+    record = detector_record(det_path)
+    out = Path(cfg.output) if cfg.output else default_output(images_dir)
+    heat_dir = Path(cfg.heatmap_dir) if cfg.heatmap_dir else out.parent / "heatmaps"
+    for label, target in (("output", out), ("heat-map folder", heat_dir)):
+        if images_dir.is_dir() and _inside(target, images_dir):
+            raise ConfigError(f"The {label} {target} is inside the input folder {images_dir}: a later run would read its files as inputs. Choose a path outside it.")
+    scorer = build_scorer(record["scorer"]["name"], **{k: v for k, v in record["scorer"].items() if k != "name"}, network_batch=int(record["network_batch"]))
+    if cfg.heatmaps and scorer.name != "diffpath_v2":
+        raise ConfigError(f"heat maps need a diffpath_v2 detector; this one was fitted on {scorer.name} features.")
     detector = load_detector(det_path)
-    configure_precision(False)
+
+    recorded = record["backbone"]
+    given = OmegaConf.to_container(cfg.backbone, resolve=True) if not OmegaConf.is_missing(cfg.backbone, "path") and cfg.backbone.path else {}
+    weights = Path(given.get("path") or recorded["path"])
+    configure_precision(bool(record.get("allow_tf32", False)))
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
-    if OmegaConf.is_missing(cfg.backbone, "path"):
-        raise ConfigError("backbone.path is not set: the checkpoint the detector's features came from.")
-    backbone = load_backbone_from(cfg.backbone, device=device)
-    if backbone.fingerprint != feat["backbone"]["sha256"]:
-        warnings.warn(f"{cfg.backbone.path} is not the checkpoint the detector was fitted with (sha256 differs); scores are not comparable.", stacklevel=2)
+    backbone = load_backbone(weights, format=recorded.get("format") or "auto", config=recorded.get("model_config") if recorded.get("format") == "improved-diffusion" else None,
+                             use_ema=bool(recorded.get("use_ema", True)), device=device)
+    if backbone.fingerprint != recorded["sha256"]:
+        raise ConfigError(
+            f"{weights} is not the checkpoint this detector was fitted with (sha256 {backbone.fingerprint[:12]}… vs recorded "
+            f"{recorded['sha256'][:12]}…): its scores would not be comparable. Pass backbone.path= the file the detector was fitted on."
+        )
 
-    dataset = build_dataset(OmegaConf.structured(DataConfig(name="imagefolder", root=str(cfg.images), split="", image_size=int(feat["image_size"]), num_workers=int(cfg.num_workers))))
+    prep = record["preprocessing"]
+    dataset = folder_dataset(images_dir, int(prep["image_size"]), prep.get("center_crop"))
     loader = DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers))
-    heat = bool(cfg.heatmaps)
-    if heat and scorer.name != "diffpath_v2":
-        raise ConfigError(f"heatmaps=true needs a diffpath_v2 detector; this one was fitted on {scorer.name} features.")
     rows, maps = [], []
-    for images, indices in loader:
-        ids = image_seeds(int(feat["seed"]), "imagefolder", "score", indices.tolist())
-        features = scorer(backbone, images, ids).numpy()
-        scores = detector.score(features)
-        if heat:
-            with torch.no_grad():
-                err = scorer.errors(scorer.network(backbone), images.to(device), ids)  # [B, K, 3, H, W]
-            maps += list(err.abs().mean(dim=(1, 2)).cpu().numpy())
-        for i, s, f in zip(indices.tolist(), scores, features):
-            rows.append([dataset.source.describe(i), float(s), *map(float, f)])
+    with progress_bar(len(dataset), f"scoring {images_dir}") as bar:
+        for images, indices in loader:
+            ids = image_seeds(int(record["seed"]), images)
+            features = scorer(backbone, images, ids).numpy()
+            scores = detector.score(features)
+            if cfg.heatmaps:
+                with torch.no_grad():
+                    err = scorer.errors(scorer.network(backbone), images.to(device), ids)  # [B, K, 3, H, W]
+                maps += list(err.abs().mean(dim=(1, 2)).cpu().numpy())
+            for i, s, f in zip(indices.tolist(), scores, features):
+                rows.append([dataset.source.files[i].relative_to(images_dir).as_posix(), repr(float(s)), *map(repr, map(float, f))])
+            bar.update(len(indices))
 
-    out = Path(cfg.output) if cfg.output else Path(cfg.images) / "zsad_scores.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "anomaly_score", *scorer.feature_names])
         writer.writerows(rows)
-    if heat:
-        _write_heatmaps(Path(cfg.heatmap_dir) if cfg.heatmap_dir else out.parent / "heatmaps", [r[0] for r in rows], maps)
+    if cfg.heatmaps:
+        _write_heatmaps(heat_dir, [r[0] for r in rows], maps)
+        log(f"heat maps written to {heat_dir}")
     return out
 
 
-def _write_heatmaps(folder: Path, files: list[str], maps: list[np.ndarray]) -> None:
-    """One PNG per image: mean |weighted error| over steps and channels, on one colour scale for all."""
+def _write_heatmaps(folder: Path, files: list[str], maps: list[np.ndarray], scale: Optional[float] = None) -> None:
+    """One PNG per image, at the image's relative path: mean |weighted error| over steps and channels, on
+    one colour scale for all."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import cm
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
-    vmax = float(np.quantile(np.stack(maps), 0.99)) or 1.0
+    vmax = scale or float(np.quantile(np.stack(maps), 0.99)) or 1.0
     for name, m in zip(files, maps):
         rgb = (cm.inferno(np.clip(m / vmax, 0, 1))[..., :3] * 255).astype(np.uint8)
         img = Image.fromarray(rgb).resize((m.shape[1] * 8, m.shape[0] * 8), Image.NEAREST)
-        img.save(folder / f"{Path(name).stem}_error.png")
-    (folder / "scale.json").write_text(json.dumps({"vmax": vmax, "meaning": "mean |SSIM-weighted score error| over steps and channels"}))
+        target = folder / f"{Path(name).with_suffix('')}_error.png"  # sub-folders kept: a/x.png and b/x.png differ
+        target.parent.mkdir(parents=True, exist_ok=True)
+        img.save(target)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "scale.json").write_text(json.dumps({"vmax": vmax, "meaning": "mean |weighted score error| over steps and channels"}))

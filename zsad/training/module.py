@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from zsad.data import build_dataset
+from zsad.data import build_training_dataset
 from zsad.training.ema import ImageCountedEMA
 from zsad.training.networks import build_diffusion
 from zsad.training.sampler import StepBatchSampler, StepIndexedDataLoader
@@ -42,7 +42,7 @@ class DiffusionTrainingModule(L.LightningModule):
         from omegaconf import OmegaConf
 
         data_cfg = OmegaConf.create(self.cfg["data"])
-        dataset = build_dataset(data_cfg)
+        dataset = build_training_dataset(data_cfg)
         trainer = self.trainer
         # The sampler starts at the trainer's global step when iterated (restored on resume).
         sampler = StepBatchSampler(

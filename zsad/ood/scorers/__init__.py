@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 
 from zsad.errors import ConfigError, UnknownNameError
-from zsad.ood.scorers.base import Scorer, image_seed, image_seeds, per_image_noise
+from zsad.ood.scorers.base import Scorer, image_seeds, padding_share, per_image_noise, pixel_digest
 from zsad.ood.scorers.diffpath import DiffPath1D, DiffPath6D, diffpath_statistics
 from zsad.ood.scorers.diffpath_v2 import DiffPathV2
 from zsad.ood.scorers.recon import Recon
@@ -28,4 +28,4 @@ def build_scorer(name: str, **options) -> Scorer:
     return cls(**options)
 
 
-__all__ = ["SCORERS", "Scorer", "build_scorer", "diffpath_statistics", "image_seed", "image_seeds", "per_image_noise"]
+__all__ = ["SCORERS", "Scorer", "build_scorer", "diffpath_statistics", "image_seeds", "padding_share", "per_image_noise", "pixel_digest"]

@@ -12,15 +12,21 @@ from zsad.diffusion.backbone import Backbone
 from zsad.errors import FeatureError
 
 
-def image_seed(seed: int, dataset: str, split: str, index: int) -> int:
-    """The per-image seed of design.md §2, from (global seed, dataset name, split, index)."""
-    digest = hashlib.sha256(f"{seed}/{dataset}/{split}/{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+def pixel_digest(image: torch.Tensor) -> bytes:
+    """SHA-256 of one preprocessed image's float32 pixels (C-contiguous, on the CPU)."""
+    return hashlib.sha256(image.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).digest()
 
 
-def image_seeds(seed: int, dataset: str, split: str, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """int64 seeds for a batch of dataset indices."""
-    return torch.tensor([image_seed(seed, dataset, split, int(i)) for i in indices], dtype=torch.int64)
+def image_seeds(seed: int, images: torch.Tensor) -> torch.Tensor:
+    """The per-image noise seeds of docs/method.md §2: a hash of (global seed, the image's preprocessed
+    pixels), int64 [B]. An image keeps its seed, and so its features, in any dataset, folder, position,
+    batch or process, and in `zsad evaluate`, `zsad score` and the Python API alike."""
+    prefix = int(seed).to_bytes(8, "little", signed=True)
+    out = []
+    for image in images:
+        digest = hashlib.sha256(prefix + pixel_digest(image)).digest()
+        out.append(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return torch.tensor(out, dtype=torch.int64)
 
 
 def per_image_noise(ids: torch.Tensor, shape: Sequence[int], draws: int = 1) -> torch.Tensor:
@@ -59,6 +65,12 @@ class FixedBatchEps:
         return torch.cat(out)[:rows]
 
 
+def padding_share(rows: int, call_size: int) -> float:
+    """Fraction of network rows that are zero padding when `rows` real rows go through calls of `call_size`."""
+    total = -(-rows // call_size) * call_size
+    return (total - rows) / total
+
+
 @dataclasses.dataclass
 class Scorer:
     """Base: subclasses are dataclasses of their options and implement `compute`.
@@ -70,6 +82,9 @@ class Scorer:
 
     name: ClassVar[str] = ""
     detector: ClassVar[str] = "gmm"  # the detector that fits these features: gmm | kde
+    # Part of the feature-cache key: bump it whenever `compute` changes what it returns.
+    # tests/test_golden_features.py pins the features of every version.
+    version: ClassVar[int] = 1
 
     @property
     def feature_names(self) -> list[str]:  # pragma: no cover - interface
@@ -84,16 +99,29 @@ class Scorer:
         opts.pop("network_batch")
         return {"name": self.name, **opts}
 
+    def rows_per_call(self, batch: int) -> int:
+        """Images per network call when `batch` images come in: one call per kept step by default."""
+        return batch
+
+    def network_batch_for(self, device: torch.device | str) -> int:
+        """The fixed network call size: `network_batch`, or 8 on CPU and 256 on GPU."""
+        return int(self.network_batch or (256 if torch.device(device).type == "cuda" else 8))
+
     def network(self, backbone: Backbone) -> FixedBatchEps:
-        """The backbone as this scorer calls it: fixed-size batches (8 on CPU, 256 on GPU by default)."""
-        device = backbone.alphas_cumprod.device
-        return FixedBatchEps(backbone, self.network_batch or (256 if device.type == "cuda" else 8))
+        """The backbone as this scorer calls it: fixed-size batches."""
+        return FixedBatchEps(backbone, self.network_batch_for(backbone.alphas_cumprod.device))
 
     @torch.no_grad()
-    def __call__(self, backbone: Backbone, images: torch.Tensor, ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
-        ids = torch.as_tensor(ids, dtype=torch.int64).cpu()
-        if images.ndim != 4 or images.shape[1] != 3 or len(ids) != len(images):
-            raise ValueError(f"images must be [B, 3, H, W] with one id per image; got {tuple(images.shape)} and {len(ids)} ids")
+    def __call__(self, backbone: Backbone, images: torch.Tensor, ids: Optional[torch.Tensor | Sequence[int]] = None, seed: int = 0) -> torch.Tensor:
+        """Features float64 [B, D] of preprocessed images [B, 3, S, S] in [-1, 1].
+
+        ids: per-image noise seeds; by default `image_seeds(seed, images)`, what `zsad evaluate` and
+        `zsad score` use, so the Python API gives the same features for the same image."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W]; got {tuple(images.shape)}")
+        ids = image_seeds(seed, images) if ids is None else torch.as_tensor(ids, dtype=torch.int64).cpu()
+        if len(ids) != len(images):
+            raise ValueError(f"one id per image: got {len(images)} images and {len(ids)} ids")
         device = backbone.alphas_cumprod.device
         features = self.compute(self.network(backbone), images.to(device=device, dtype=torch.float32), ids).to(torch.float64).cpu()
         bad = (~torch.isfinite(features)).any(dim=1).nonzero().flatten().tolist()

@@ -45,6 +45,10 @@ class DiffPathV2(Scorer):
         if self.steps < 2:
             raise ConfigError("diffpath_v2: steps must be at least 2 (the features need a time derivative).")
 
+    def rows_per_call(self, batch: int) -> int:
+        # forward: the K noised copies of every image go through the network together
+        return batch * self.steps if self.trajectory == "forward" else batch
+
     @property
     def feature_names(self) -> list[str]:
         return ["err_sum", "err_sum_sq", "err_sum_cb", "derr_dt", "derr_dt_sq", "derr_dt_cb"]
