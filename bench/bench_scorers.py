@@ -2,7 +2,7 @@
 share of time spent outside network calls, peak memory, and GMM fit time on 50,000 × 6 features.
 
 Each measurement runs in a fresh process so peak RSS belongs to that scorer alone.
-Usage: python bench/bench_scorers.py [--images 32] [--batch 16] [--skip-grid] [--out bench/results.json]
+Usage: python bench/bench_scorers.py [--images 32] [--batch 16] [--skip-grid] [--out outputs/bench/results.json]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _scorer_worker(name: str, options: dict, images: int, batch: int, network_ba
 
     import zsad
     from zsad.diffusion.improved_diffusion import PRESETS, ImprovedDiffusionBackbone
-    from zsad.ood.scorers import image_seeds
+    from zsad.ood.scorers import padding_share
 
     torch.manual_seed(0)
     cfg = PRESETS["diffpath-celeba32"]
@@ -54,6 +54,7 @@ def _scorer_worker(name: str, options: dict, images: int, batch: int, network_ba
     queue.put({
         "scorer": name, "options": options, "images": images, "images_per_s": images / total,
         "network_rows_per_image": calls["n"] / images, "outside_network_share": 1 - calls["t"] / total,
+        "padding_share": padding_share(scorer.rows_per_call(batch), network_batch),  # zero rows in a full batch's calls
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     })
 
@@ -88,21 +89,24 @@ def main() -> None:
     parser.add_argument("--network-batch", type=int, default=8)
     parser.add_argument("--gmm-samples", type=int, default=50_000)
     parser.add_argument("--skip-grid", action="store_true", help="skip the (slow) grid-mode GMM fit")
-    parser.add_argument("--out", default="bench/results.json")
+    parser.add_argument("--out", default="outputs/bench/results.json")
     args = parser.parse_args()
     import torch
 
     report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "scorers": [], "gmm": []}
     print(f"# zsad bench on {report['machine']}: DiffPath CelebA-32-size UNet (52.5M parameters, random weights), 32×32")
-    print(f"{'scorer':<12} {'img/s':>8} {'net rows/img':>13} {'outside net':>12} {'peak RSS':>10}")
+    print(f"{'scorer':<12} {'img/s':>8} {'net rows/img':>13} {'padding':>8} {'outside net':>12} {'peak RSS':>10}")
     for name, options in SCORERS.items():
         r = _run(_scorer_worker, name, options, args.images, args.batch, args.network_batch)
         report["scorers"].append(r)
-        print(f"{name:<12} {r['images_per_s']:8.2f} {r['network_rows_per_image']:13.1f} {100 * r['outside_network_share']:11.1f}% {r['peak_rss_mib']:8.0f} MiB", flush=True)
+        print(f"{name:<12} {r['images_per_s']:8.2f} {r['network_rows_per_image']:13.1f} {100 * r['padding_share']:7.1f}% {100 * r['outside_network_share']:11.1f}% {r['peak_rss_mib']:8.0f} MiB", flush=True)
     for mode in (("fast",) if args.skip_grid else ("fast", "grid")):
         r = _run(_gmm_worker, mode, args.gmm_samples)
         report["gmm"].append(r)
         print(f"GMM {mode:<5} on {args.gmm_samples} × 6: {r['fit_s']:.1f} s  ({r['best_params']})", flush=True)
+    from pathlib import Path
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
     print(f"written to {args.out}")

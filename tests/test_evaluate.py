@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from omegaconf import OmegaConf
+
 from conftest import run_cli
 from zsad.utils.wandb_offline import find_offline_runs, read_offline_run
 
@@ -139,27 +141,109 @@ def test_evaluate_user_errors(smoke_checkpoint, tmp_path, overrides, message):
     assert re.search(message, proc.stderr, re.S), proc.stderr[-2000:]
 
 
-def test_score_a_folder_with_a_fitted_detector(smoke_eval, smoke_checkpoint, tmp_path):
-    import csv
-
+def _image_benchmark(root: Path, n_train: int = 40, n_test: int = 16) -> None:
+    """An image-folder ID set with train/ and test/ (test partly in a sub-folder), from built-in digits."""
     from PIL import Image
 
-    out, _ = smoke_eval
-    folder = tmp_path / "incoming"
-    folder.mkdir()
     from zsad.data import make_builtin
 
-    for i, img in enumerate(make_builtin("noise", "test", 3)):
-        Image.fromarray(img).save(folder / f"noise_{i}.png")
-    Image.fromarray(make_builtin("gradients", "test", 1)[0]).save(folder / "ramp.png")
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i, img in enumerate(make_builtin("digits", split, n)):
+            path = root / split / ("batch_b" if split == "test" and i % 3 == 0 else "batch_a") / f"{i:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
+
+
+@pytest.fixture(scope="module")
+def folder_benchmark(smoke_checkpoint, tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder_bench")
+    _image_benchmark(root / "imgs")
+    out = root / "eval"
     run_cli(
-        "score", "-c", "conf/score/default.yaml", f"images={folder}", f"detector={out / 'detectors' / 'diffpath_v2' / 'gradients'}",
-        f"backbone.path={smoke_checkpoint}", "heatmaps=true", f"output={tmp_path / 'scores.csv'}",
+        *SMOKE_EVAL, f"backbone.path={smoke_checkpoint}", f"output_dir={out}", "logger=none", "plots=false",
+        f"datasets={{folder: {{name: imagefolder, root: '{root / 'imgs'}'}}, noise: {{name: noise, options: {{count: 16}}}}}}",
+        "id=[folder]", "ood=[folder,noise]", "far_pairs=[]", "scorers=[{name: diffpath_v2, options: {steps: 5}}]",
     )
-    with open(tmp_path / "scores.csv") as f:
+    return root, out
+
+
+def test_score_reproduces_the_benchmark_scores_exactly(folder_benchmark, tmp_path):
+    """`zsad score DIR --detector D`, no config, no backbone path: the ID-test folder gets the benchmark's scores."""
+    import csv
+
+    root, out = folder_benchmark
+    test_dir = root / "imgs" / "test"
+    before = sorted(p.relative_to(test_dir) for p in test_dir.rglob("*"))
+    run_cli("score", str(test_dir), "--detector", str(out / "detectors" / "diffpath_v2" / "folder"), "--out", str(tmp_path / "s" / "scores.csv"), "--heatmaps")
+    with open(tmp_path / "s" / "scores.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [Path(r["file"]).name for r in rows] == ["noise_0.png", "noise_1.png", "noise_2.png", "ramp.png"]
-    scores = {Path(r["file"]).name: float(r["anomaly_score"]) for r in rows}
-    assert all(np.isfinite(list(scores.values())))
-    assert min(scores[f"noise_{i}.png"] for i in range(3)) > scores["ramp.png"], "noise must look more anomalous than a gradient to a gradients detector"
-    assert len(list((tmp_path / "heatmaps").glob("*_error.png"))) == 4
+    files = sorted(p.relative_to(test_dir).as_posix() for p in test_dir.rglob("*.png"))
+    assert [r["file"] for r in rows] == files and len(rows) == 16
+    bench = np.load(out / "scores" / "diffpath_v2" / "folder_vs_noise.npz")
+    expected = dict(zip([files[i] for i in bench["id_indices"]], bench["id_scores"].tolist()))
+    got = {r["file"]: float(r["anomaly_score"]) for r in rows}
+    assert got == expected, "scores must equal the benchmark's per-image scores exactly"
+    maps = sorted(p.relative_to(tmp_path / "s" / "heatmaps").as_posix() for p in (tmp_path / "s" / "heatmaps").rglob("*_error.png"))
+    assert maps == sorted(f.replace(".png", "_error.png") for f in files), "heat maps keep the sub-folder structure"
+    assert sorted(p.relative_to(test_dir) for p in test_dir.rglob("*")) == before, "nothing written inside the input folder"
+
+
+def test_score_refuses_other_weights_and_outputs_inside_the_input(folder_benchmark, smoke_checkpoint, tmp_path):
+    root, out = folder_benchmark
+    det = str(out / "detectors" / "diffpath_v2" / "folder")
+    ckpt = torch.load(smoke_checkpoint, weights_only=True)
+    key = next(k for k in ckpt["state_dict"] if k.startswith("ema.ema_model.model."))
+    ckpt["state_dict"][key] = ckpt["state_dict"][key] + 1e-3
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    proc = run_cli("score", str(root / "imgs" / "test"), "--detector", det, f"backbone.path={tmp_path / 'other.ckpt'}", f"output={tmp_path / 'x.csv'}", check=False)
+    assert proc.returncode == 2 and "not the checkpoint this detector was fitted with" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("score", str(root / "imgs"), "--detector", det, "--out", str(root / "imgs" / "scores.csv"), check=False)
+    assert proc.returncode == 2 and "inside the input folder" in proc.stderr
+
+
+def test_same_image_in_two_folders_has_identical_features(tmp_path):
+    from PIL import Image
+
+    from helpers import extraction_setup
+    from zsad.config.schema import DataConfig
+    from zsad.data import build_dataset, make_builtin
+    from zsad.ood.extraction import extract_features
+    from zsad.ood.feature_cache import FeatureCache
+    from zsad.ood.scorers import build_scorer
+
+    backbone, _, scorer, kw = extraction_setup()
+    imgs = make_builtin("shapes", "test", 5)
+    layouts = {"a": {"x.png": 0, "y.png": 1}, "b": {"0.png": 2, "1.png": 3, "2.png": 0, "3.png": 4}}  # image 0 at two positions
+    feats = {}
+    for name, files in layouts.items():
+        for fname, i in files.items():
+            (tmp_path / name / "test").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(imgs[i]).save(tmp_path / name / "test" / fname)
+        ds = build_dataset(OmegaConf.structured(DataConfig(name="imagefolder", root=str(tmp_path / name), split="test", image_size=16)))
+        feats[name] = extract_features(backbone, backbone.identity, scorer, ds, FeatureCache(tmp_path / "cache"), **kw)
+    assert np.array_equal(feats["a"].features[0], feats["b"].features[2])
+    assert feats["a"].seeds[0] == feats["b"].seeds[2] and len(set(feats["b"].seeds.tolist())) == 4
+    # the Python API on the same preprocessed pixels
+    x = torch.stack([build_dataset(OmegaConf.structured(DataConfig(name="imagefolder", root=str(tmp_path / "a"), split="test", image_size=16)))[0][0]])
+    api = build_scorer("diffpath_v2", steps=3, network_batch=4)(backbone, x, seed=0)
+    assert np.array_equal(api.numpy()[0], feats["a"].features[0])
+
+
+def test_fit_test_duplicates_are_counted_and_too_many_refused():
+    from types import SimpleNamespace
+
+    from zsad.errors import DataLeakageError
+    from zsad.ood.benchmark import check_duplicates
+    from zsad.ood.feature_cache import FeatureSet
+
+    src = SimpleNamespace(source=SimpleNamespace(describe=lambda i: f"img{i}.png"))
+    fit = FeatureSet(np.zeros((300, 2)), np.arange(300), np.arange(300) + 10_000, {})
+    clean = FeatureSet(np.zeros((200, 2)), np.arange(200), np.arange(200) + 50_000, {})
+    assert check_duplicates("x", src, fit, src, clean) == {"count": 0, "examples": []}
+    seeds = clean.seeds.copy()
+    seeds[7] = fit.seeds[42]  # 1 of 200 = 0.5%: a warning
+    report = check_duplicates("x", src, fit, src, FeatureSet(clean.features, clean.indices, seeds, {}))
+    assert report["count"] == 1 and report["examples"] == ["img7.png = img42.png"]
+    seeds[8:11] = fit.seeds[:3]  # 4 of 200 = 2%: an error
+    with pytest.raises(DataLeakageError, match="4 of 200 ID-test images.*exact duplicates.*img7.png = img42.png"):
+        check_duplicates("x", src, fit, src, FeatureSet(clean.features, clean.indices, seeds, {}))

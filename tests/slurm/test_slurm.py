@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -110,11 +109,12 @@ def test_preempted_job_requeues_itself_and_resumes_exactly(cluster, tmp_path):
     text = log.read_text()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", text[-4000:]
 
-    match = re.search(r"preemption signal: checkpoint at step (\d+) written to .*last.ckpt; requeueing job", text)
-    assert match, text[-4000:]
-    stop = int(match.group(1))
-    assert 25 <= stop < total
-    assert "scontrol requeue" in text and f"job {job} restart 1" in text and "Restoring states from the checkpoint path" in text
+    # Assert on what Slurm and zsad record (restarts, per-step logs, checkpoints, W&B run id), never on a
+    # print that races Slurm's kill of the step (`scontrol requeue …: exit 0` may never reach the log).
+    first_attempt = [s for s, r in _steps(out, 0) if r == 0]
+    stop = max(first_attempt) + 1
+    assert 25 <= stop < total, text[-4000:]
+    assert f"job {job} restart 1" in text and "Restoring states from the checkpoint path" in text
     for rank in (0, 1):
         steps = _steps(out, rank)
         assert [s for s, r in steps if r == 0] == list(range(stop)), "first attempt: steps 0..stop-1, nothing after its checkpoint"

@@ -21,7 +21,7 @@ from zsad.ood.extraction import configure_precision, extract_features, run_nonce
 from zsad.ood.feature_cache import FeatureCache, FeatureSet, runtime_identity
 from zsad.ood.metrics import bootstrap_auroc_ci, ood_metrics, roc_curve
 from zsad.ood.published import PUBLISHED_AUROC
-from zsad.ood.report import mean_rows, plot_histograms, plot_roc, write_results
+from zsad.ood.report import COLUMNS, mean_rows, plot_histograms, plot_roc, write_results
 from zsad.ood.scorers import Scorer, build_scorer, padding_share
 from zsad.utils.dist import env_global_rank
 from zsad.utils.loggers import build_logger, close_loggers
@@ -257,7 +257,7 @@ def _log(loggers, rows: list[dict], means: list[dict], plots: list[Path]) -> Non
             import wandb
 
             run = logger.experiment
-            columns = ["scorer", "id", "ood", "shift", "auroc", "auroc_ci_low", "auroc_ci_high", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood", "published_auroc"]
+            columns = COLUMNS
             table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
             payload: dict[str, Any] = {"ood/results": table, **scalars}
             payload.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})

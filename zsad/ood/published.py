@@ -18,5 +18,4 @@ PUBLISHED_AUROC: dict[str, dict[tuple[str, str], float]] = {
         ("svhn", "celeba"): 0.883,
     }
 }
-PUBLISHED_MEAN = {"diffpath_v2": 0.810}
-PUBLISHED_SOURCE = "DiffPathV2, CelebA base model: EigenScore paper Table 1"
+PUBLISHED_SOURCE = "DiffPathV2 with a CelebA base model, EigenScore paper Table 1; shown only when our backbone was trained on CelebA"

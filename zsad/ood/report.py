@@ -9,9 +9,9 @@ from typing import Optional
 
 import numpy as np
 
-from zsad.ood.published import PUBLISHED_MEAN, PUBLISHED_SOURCE
+from zsad.ood.published import PUBLISHED_SOURCE
 
-COLUMNS = ["scorer", "id", "ood", "shift", "auroc", "auroc_ci_low", "auroc_ci_high", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood", "published_auroc"]
+COLUMNS = ["scorer", "id", "ood", "shift", "auroc", "auroc_ci_low", "auroc_ci_high", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood", "published_auroc", "delta_auroc"]
 
 
 def mean_rows(rows: list[dict]) -> list[dict]:
@@ -24,8 +24,11 @@ def mean_rows(rows: list[dict]) -> list[dict]:
             row = {"scorer": scorer, "id": "mean", "ood": label, "shift": label}
             for key in ("auroc", "fpr95", "aupr_in", "aupr_out"):
                 row[key] = float(np.mean([r[key] for r in group]))
-            published = [r["published_auroc"] for r in group if r.get("published_auroc") is not None]
-            row["published_auroc"] = PUBLISHED_MEAN.get(scorer) if label == "all" and len(published) == 12 else None
+            # Like with like: the published mean and ours over exactly the pairs that have both numbers.
+            both = [r for r in group if r.get("published_auroc") is not None]
+            row["published_auroc"] = float(np.mean([r["published_auroc"] for r in both])) if both else None
+            row["delta_auroc"] = float(np.mean([r["auroc"] - r["published_auroc"] for r in both])) if both else None
+            row["n_published_pairs"] = len(both)
             row["n_pairs"] = len(group)
             out.append(row)
     return out
@@ -35,22 +38,27 @@ def _fmt(value, digits: int = 3) -> str:
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _fmt_delta(value) -> str:
+    return "" if value is None else f"{value:+.3f}"
+
+
 def to_markdown(rows: list[dict], means: list[dict], title: str = "") -> str:
     has_published = any(r.get("published_auroc") is not None for r in rows)
-    head = ["scorer", "ID", "OOD", "shift", "AUROC [95% CI]", "FPR@95 ↓", "AUPR-In", "AUPR-Out"] + (["published AUROC"] if has_published else [])
+    head = ["scorer", "ID", "OOD", "shift", "AUROC [95% CI]", "FPR@95 ↓", "AUPR-In", "AUPR-Out"] + (["published AUROC", "Δ (ours − published)"] if has_published else [])
     lines = [f"## {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ci = f" [{_fmt(r['auroc_ci_low'])}, {_fmt(r['auroc_ci_high'])}]" if r.get("auroc_ci_low") is not None else ""
         cells = [r["scorer"], r["id"], r["ood"], r.get("shift") or "", f"{_fmt(r['auroc'])}{ci}", _fmt(r["fpr95"]), _fmt(r["aupr_in"]), _fmt(r["aupr_out"])]
-        lines.append("| " + " | ".join(cells + ([_fmt(r.get("published_auroc"))] if has_published else [])) + " |")
+        lines.append("| " + " | ".join(cells + ([_fmt(r.get("published_auroc")), _fmt_delta(r.get("delta_auroc"))] if has_published else [])) + " |")
     for r in means:
         cells = [f"**{r['scorer']}**", "**mean**", f"**{r['ood']}** ({r['n_pairs']} pairs)", "", f"**{_fmt(r['auroc'])}**", _fmt(r["fpr95"]), _fmt(r["aupr_in"]), _fmt(r["aupr_out"])]
-        lines.append("| " + " | ".join(cells + ([_fmt(r.get("published_auroc"))] if has_published else [])) + " |")
+        pub = f"{_fmt(r.get('published_auroc'))} ({r['n_published_pairs']} pairs)" if r.get("published_auroc") is not None else ""
+        lines.append("| " + " | ".join(cells + ([pub, _fmt_delta(r.get("delta_auroc"))] if has_published else [])) + " |")
     lines.append("")
     lines.append("Scores are −log-likelihood under the detector (higher = more anomalous); OOD is the positive class for AUROC, FPR@95TPR and AUPR-Out, ID for AUPR-In.")
     if has_published:
-        lines.append(f"Published column: {PUBLISHED_SOURCE}.")
+        lines.append(f"Published column: {PUBLISHED_SOURCE}. A mean row's published value and Δ cover only the pairs that have both numbers (their count in brackets); our own mean covers all its pairs.")
     return "\n".join(lines) + "\n"
 
 
@@ -58,10 +66,11 @@ def write_results(out: Path, rows: list[dict], means: list[dict], extra: dict, t
     """results.csv, results.md and results.json in `out`; returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS + ["n_pairs"], extrasaction="ignore")
+        fields = COLUMNS + ["n_pairs", "n_published_pairs"]
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for r in rows + means:
-            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS + ["n_pairs"]})
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
     md = to_markdown(rows, means, title)
     (out / "results.md").write_text(md)
     (out / "results.json").write_text(json.dumps({"rows": rows, "means": means, **extra}, indent=2, default=str))
