@@ -166,5 +166,6 @@ def test_evaluate_runs_unchanged_on_an_improved_diffusion_backbone(tmp_path):
         "max_eval_images=12", "max_fit_images=24", "logger=none", f"output_dir={tmp_path}",
     )
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["image_size"] == 32 and results["backbone"]["format"] == "auto"
+    assert results["image_size"] == 32 and results["backbone"]["format"] == "improved-diffusion"
+    assert results["backbone"]["model_config"]["num_channels"] == 32, "the config's content, not its path, identifies the model"
     assert [(r["id"], r["ood"]) for r in results["rows"]] == [("digits", "noise")]

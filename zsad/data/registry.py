@@ -177,10 +177,7 @@ def _tv(kind: str) -> Callable:
 
 def _imagefolder(cfg) -> ImageDataset:
     root = Path(cfg.root)
-    opts = dict(cfg.options or {})
-    unknown = set(opts) - {"fit_fraction"}
-    if unknown:
-        raise ConfigError(f"imagefolder takes data.options fit_fraction, not {sorted(unknown)}.")
+    opts = dict(cfg.options or {})  # other keys (e.g. a built-in set's `count` left by an override) are ignored
     files, notes = _imagefolder_files(root, cfg.split, float(opts.get("fit_fraction", 0.5)))
     dataset = _build(cfg, FileSource(files, root=root))
     dataset.notes += notes
