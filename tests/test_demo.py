@@ -49,3 +49,29 @@ def test_demo_outputs_and_far_pairs(demo_runs):
 def test_two_demo_runs_give_the_same_table(demo_runs):
     (a, _), (b, _) = demo_runs
     assert _table(a) == _table(b)
+
+
+def test_demo_pictures_are_readable(demo_runs):
+    from PIL import Image
+
+    out, proc = demo_runs[0]
+    assert Image.open(out / "samples.png").width >= 512, "sample grids are enlarged (nearest neighbour)"
+    assert sorted(p.name for p in (out / "plots").glob("auroc_*.png")) == ["auroc_diffpath_6d.png", "auroc_diffpath_v2.png", "auroc_recon.png"]
+    assert "── summary" in proc.stdout and "training" in proc.stdout.split("── summary")[1]
+
+
+def test_dashboard_panels_reference_keys_the_demo_logs(demo_runs, tmp_path):
+    """`zsad dashboard --dry-run` builds the workspace and report with wandb-workspaces; every key a panel
+    shows is one that a real (offline) zsad run logged."""
+    out, _ = demo_runs[0]
+    run_cli("dashboard", "--dry-run", "--project", "zsad", "-c", "conf/eval/demo.yaml", "--out", str(tmp_path))
+    keys = json.loads((tmp_path / "keys.json").read_text())
+    workspace, report = (tmp_path / "workspace.json").read_text(), (tmp_path / "report.json").read_text()
+    runs = [read_offline_run(p) for p in find_offline_runs(out)]
+    logged = {k for r in runs for row in r["history"] for k in row}
+    assert len(keys) > 50 and "samples/ema" in keys and "ood/results" in keys and "plots/auroc_diffpath_v2" in keys
+    missing = [k for k in keys if k not in logged]
+    assert not missing, f"dashboard panels reference keys no run logged: {missing[:10]}"
+    for key in keys:
+        assert json.dumps(key)[1:-1] in workspace, key
+    assert "ood/diffpath_6d/photos/clouds/auroc" in report and "ood/results" in report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,25 @@ def test_evaluate_writes_every_output(smoke_eval):
     md = (out / "results.md").read_text()
     assert "| diffpath_v2 | gradients | noise | far |" in md and "**mean**" in md
     plots = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert "roc_diffpath_v2_gradients.png" in plots and "hist_recon_digits.png" in plots and len(plots) == 16
+    assert "roc_diffpath_v2_gradients.png" in plots and "hist_recon_digits.png" in plots and "auroc_recon.png" in plots
+    assert len(plots) == 16 + 4, "ROC and histogram per (scorer, ID set), one AUROC heat map per scorer"
     assert (out / "detectors" / "diffpath_v2" / "digits.json").is_file()
     assert results["timing"]["extractions_run"] == 4 * 5  # 4 scorers × (2 ID-train + 3 test splits)
     assert "[extract]" in first.stdout
+
+
+def test_evaluate_prints_stages_and_a_summary_not_lightning_noise(smoke_eval):
+    _, first = smoke_eval
+    everything = first.stdout + first.stderr
+    assert "Tip" not in everything and "litlogger" not in everything and "Predicting" not in everything
+    assert everything.count("GPU available") <= 1
+    assert "[detect] fitting 8 detector(s)" in first.stdout and "[metrics] 16 pairs" in first.stdout
+    summary = first.stdout[first.stdout.index("── summary"):]
+    assert re.search(r"stages: +setup [\d.]+ s · extraction [\d.]+ s · detectors [\d.]+ s · metrics [\d.]+ s · plots [\d.]+ s", summary), summary
+    assert "features:  20 extraction(s) computed" in summary and "0 read from cache" in summary
+    assert "diffpath_v2/gradients" in summary and "GMM 2 components, diag covariance (fixed)" in summary
+    sync = re.search(r"upload it with: wandb sync (\S+)", summary)
+    assert sync and Path(sync.group(1)).is_dir() and Path(sync.group(1)).name.startswith("offline-run-"), summary
 
 
 def test_second_run_reuses_the_cache(smoke_eval, smoke_checkpoint):

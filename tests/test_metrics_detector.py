@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from zsad.errors import ConfigError
 from zsad.ood.detector import GMMDetector, KDEDetector, load_detector
 from zsad.ood.metrics import auroc, bootstrap_auroc_ci, fpr_at_tpr, ood_metrics, rank_scores
 from zsad.ood.metrics import roc_curve as metric_roc_curve
@@ -139,7 +140,7 @@ def test_gmm_caps_components_and_needs_samples():
     with pytest.warns(UserWarning, match="only 8 ID-train samples"):
         det = GMMDetector(mode="fast", n_components=50).fit(rng.normal(size=(8, 2)))
     assert det.best_params_["gmm__n_components"] == 8
-    with pytest.raises(ValueError, match="at least 20 ID-train samples"):
+    with pytest.raises(ConfigError, match="at least 20 ID-train images; got 12.*detector.gmm.mode=fast"):
         GMMDetector(mode="grid").fit(rng.normal(size=(12, 3)))
 
 
@@ -149,3 +150,21 @@ def test_kde_detector_round_trip(tmp_path):
     assert auroc(det.score(rng.normal(0, 1, 100)), det.score(rng.normal(6, 1, 100))) > 0.99
     det.save(tmp_path / "kde")
     assert np.array_equal(load_detector(tmp_path / "kde").score([0.1, 3.0]), det.score([0.1, 3.0]))
+
+
+def test_grid_search_equals_sklearns_gridsearchcv():
+    """The grid with a progress bar selects what GridSearchCV(cv=KFold(k)) selects, with the same scores."""
+    from sklearn.mixture import GaussianMixture
+    from sklearn.model_selection import GridSearchCV, KFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(0, 1, (150, 3)), rng.normal(4, 0.5, (90, 3))])
+    det = GMMDetector(mode="grid", grid_components=[1, 2, 4], grid_covariances=["full", "diag", "spherical"], cv_folds=5).fit(x)
+    make = lambda: Pipeline([("scaler", StandardScaler()), ("gmm", GaussianMixture(1, max_iter=200, reg_covar=1e-6, random_state=0))])  # noqa: E731
+    ref = GridSearchCV(make(), {"gmm__n_components": [1, 2, 4], "gmm__covariance_type": ["full", "diag", "spherical"]}, cv=KFold(5), refit=False).fit(x)
+    assert det.best_params_ == ref.best_params_
+    ours = {(r["covariance_type"], r["n_components"]): r["mean_test_loglik"] for r in det.cv_results_}
+    for params, score in zip(ref.cv_results_["params"], ref.cv_results_["mean_test_score"]):
+        assert ours[(params["gmm__covariance_type"], params["gmm__n_components"])] == pytest.approx(score, rel=1e-12)

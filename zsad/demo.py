@@ -61,10 +61,13 @@ def run_demo(output_dir: Optional[str] = None, quick: bool = False, seed: int = 
     if samples:
         shutil.copy(samples[-1], out / "samples.png")
     wall = time.time() - t0
+    from zsad.ood.summary import format_summary
+
     print(result["table_markdown"])
+    print(format_summary(result["summary"], extra_stages={"training": t_train}))
     print(f"demo finished in {wall / 60:.1f} min (training {t_train:.0f} s). Outputs in {out}/:")
     print("  results.md / results.csv / results.json   the table above, with per-pair scores under scores/")
-    print("  plots/                                    ROC curves and score histograms per scorer and ID set")
-    print("  samples.png                               samples of the base model (EMA weights)")
-    print("  wandb/                                    offline W&B run (`wandb sync` it to upload)")
+    print("  plots/                                    AUROC heat maps, ROC curves and score histograms")
+    print("  samples.png                               samples of the base model (EMA weights), enlarged")
+    print("  wandb/                                    the offline W&B runs (training and evaluation)")
     return {**result, "wall_s": wall, "train_s": t_train}

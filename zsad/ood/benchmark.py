@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zsad.config import save_config, to_plain
+from zsad.config.checks import check_accelerator, check_output_dir, check_positive
 from zsad.config.schema import DataConfig
 from zsad.data import build_dataset
 from zsad.diffusion.loading import backbone_settings, load_backbone_from
@@ -21,9 +22,11 @@ from zsad.ood.extraction import configure_precision, extract_features, run_nonce
 from zsad.ood.feature_cache import FeatureCache, FeatureSet, runtime_identity
 from zsad.ood.metrics import bootstrap_auroc_ci, ood_metrics, roc_curve
 from zsad.ood.published import PUBLISHED_AUROC
-from zsad.ood.report import COLUMNS, mean_rows, plot_histograms, plot_roc, write_results
+from zsad.ood.report import COLUMNS, mean_rows, plot_auroc_heatmap, plot_histograms, plot_roc, write_results
 from zsad.ood.scorers import Scorer, build_scorer, padding_share
+from zsad.utils.console import say, warn
 from zsad.utils.dist import env_global_rank
+from zsad.utils.progress import progress_bar
 from zsad.utils.loggers import build_logger, close_loggers
 
 
@@ -39,6 +42,12 @@ def validate(cfg: DictConfig) -> None:
     for pair in cfg.far_pairs:
         if len(pair) != 2 or pair[0] not in cfg.id or pair[1] not in cfg.ood:
             raise ConfigError(f"far_pairs entry {list(pair)} must be [id_alias, ood_alias] from `id` and `ood`.")
+    check_positive(cfg, ["batch_size", "max_fit_images", "max_eval_images", "network_batch", "image_size", "trainer.num_nodes",
+                         "detector.gmm.n_components", "detector.gmm.cv_folds", "detector.gmm.max_iter", "detector.kde.bandwidth"],
+                   allow_zero=["bootstrap", "num_workers"])
+    check_accelerator(cfg.trainer.accelerator)
+    check_output_dir(cfg.output_dir)
+    check_output_dir(cfg.cache_dir, "cache_dir")
     if str(cfg.fit_split) == str(cfg.eval_split):
         raise ConfigError(
             f"fit_split and eval_split are both '{cfg.fit_split}': the detector would be fitted on the images it is "
@@ -99,7 +108,11 @@ def make_detector(cfg: DictConfig, scorer: Scorer):
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Run the benchmark; returns rows, means and output paths (on rank 0; {} elsewhere)."""
+    """Run the benchmark; returns rows, means, output paths and a summary (on rank 0; {} elsewhere).
+
+    Everything a user can get wrong is checked first (config values, accelerator, checkpoint, datasets,
+    output folder): a failed check leaves no folder, W&B run or file behind."""
+    t0 = time.time()
     validate(cfg)
     run_nonce()  # fixed before Lightning starts other processes, which inherit it
     out = Path(cfg.output_dir)
@@ -108,21 +121,40 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     backbone = load_backbone_from(cfg.backbone)
     image_size = int(cfg.image_size or backbone.image_size)
     rank0 = env_global_rank() == 0
+    needed = [(a, cfg.fit_split) for a in cfg.id] + [(a, cfg.eval_split) for a in dict.fromkeys([*cfg.id, *cfg.ood])]
+    datasets = {key: dataset_for(cfg, *key, image_size) for key in needed}  # each split listed once per run
+    stages = {"setup": time.time() - t0}
+    for (alias, _), ds in datasets.items():
+        for note in ds.notes:
+            say(f"[data] {alias}: {note}")
     loggers = []
     if rank0:
         save_config(cfg, out / "config.yaml")
         loggers = build_logger(cfg.logger, out, to_plain(cfg), job_type="eval")
     failed = True
     try:
-        result = _run(cfg, out, scorers, backbone, image_size, loggers)
+        result = _run(cfg, out, scorers, backbone, image_size, datasets, loggers, stages)
+        if result:
+            result["summary"]["wandb"] = wandb_run_info(loggers)
         failed = False
         return result
     finally:
         close_loggers(loggers, failed=failed)
 
 
-def _run(cfg, out: Path, scorers: list[Scorer], backbone, image_size: int, loggers) -> dict[str, Any]:
-    t0 = time.time()
+def wandb_run_info(loggers) -> dict | None:
+    """Where the W&B run is and, when offline, the command that uploads it."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            run = logger.experiment
+            folder = Path(run.dir).parent if getattr(run, "dir", None) else None
+            offline = bool(getattr(run.settings, "_offline", False)) or (folder is not None and folder.name.startswith("offline-run"))
+            return {"folder": str(folder) if folder else None, "offline": offline, "sync": f"wandb sync {folder}" if offline and folder else None,
+                    "url": getattr(run, "url", None) if not offline else None}
+    return None
+
+
+def _run(cfg, out: Path, scorers: list[Scorer], backbone, image_size: int, datasets: dict, loggers, stages: dict) -> dict[str, Any]:
     configure_precision(bool(cfg.trainer.allow_tf32))
     cache = FeatureCache(cfg.cache_dir)
     identity = backbone.identity
@@ -133,78 +165,107 @@ def _run(cfg, out: Path, scorers: list[Scorer], backbone, image_size: int, logge
         num_nodes=int(cfg.trainer.num_nodes),
         strategy=str(cfg.trainer.strategy),
         precision="32-true",
-        enable_progress_bar=bool(cfg.trainer.enable_progress_bar),
-        enable_model_summary=False,
         default_root_dir=str(out),
     )
     rank0 = env_global_rank() == 0
-    needed = [(a, cfg.fit_split) for a in cfg.id] + [(a, cfg.eval_split) for a in dict.fromkeys([*cfg.id, *cfg.ood])]
-    datasets = {}
-    for alias, split in needed:
-        datasets[(alias, split)] = ds = dataset_for(cfg, alias, split, image_size)
-        for note in ds.notes if rank0 else []:
-            print(f"[data] {alias}: {note}")
+    t = time.time()
     features: dict[tuple[str, str, str], FeatureSet] = {}
-    extracted = 0
+    extractions = {"computed": 0, "computed_images": 0, "cached": 0, "cached_images": 0}
     for scorer in scorers:
-        for alias, split in needed:
+        for alias, split in datasets:
             fs = extract_features(backbone, identity, scorer, datasets[(alias, split)], cache, int(cfg.seed), trainer_kwargs, int(cfg.batch_size), int(cfg.num_workers), runtime)
             if fs is not None:
                 features[(scorer.name, alias, split)] = fs
-                extracted += 0 if fs.from_cache else 1
+                kind = "cached" if fs.from_cache else "computed"
+                extractions[kind] += 1
+                extractions[f"{kind}_images"] += len(fs.indices)
     if not rank0:
         return {}
-    t_extract = time.time() - t0
+    stages["extraction"] = time.time() - t
     duplicates = {alias: check_duplicates(alias, datasets[(alias, cfg.fit_split)], features[(scorers[0].name, alias, cfg.fit_split)],
                                           datasets[(alias, cfg.eval_split)], features[(scorers[0].name, alias, cfg.eval_split)]) for alias in cfg.id}
 
     far = {tuple(p) for p in cfg.far_pairs}
     # Published DiffPathV2 numbers were measured with a CelebA base model: only comparable to ours then.
     published = PUBLISHED_AUROC if backbone.trained_on == "celeba" else {}
-    rows, curves_by = [], {}
+    say(f"[detect] fitting {len(scorers) * len(cfg.id)} detector(s): {', '.join(f'{s.name} ({s.detector})' for s in scorers)} × ID sets {', '.join(cfg.id)}")
+    t = time.time()
+    fitted, detectors = {}, {}
     for scorer in scorers:
         for id_alias in cfg.id:
             detector = make_detector(cfg, scorer).fit(features[(scorer.name, id_alias, cfg.fit_split)].features)
             det_path = out / "detectors" / scorer.name / id_alias
             detector.save(det_path)
             _annotate_detector(det_path, scorer, backbone, cfg, id_alias, datasets[(id_alias, cfg.eval_split)], image_size)
-            id_test = features[(scorer.name, id_alias, cfg.eval_split)]
-            id_scores = detector.score(id_test.features)
-            ood_scores, curves = {}, {}
-            for ood_alias in cfg.ood:
-                if ood_alias == id_alias:
-                    continue
-                ood_fs = features[(scorer.name, ood_alias, cfg.eval_split)]
-                scores = detector.score(ood_fs.features)
-                ood_scores[ood_alias] = scores
-                m = ood_metrics(id_scores, scores)
-                lo, hi = bootstrap_auroc_ci(id_scores, scores, n_boot=int(cfg.bootstrap), seed=int(cfg.seed)) if cfg.bootstrap else (None, None)
-                id_name, ood_name = cfg.datasets[id_alias].name, cfg.datasets[ood_alias].name
-                pub = published.get(scorer.name, {}).get((id_name, ood_name))
-                rows.append({
-                    "scorer": scorer.name, "id": id_alias, "ood": ood_alias,
-                    "shift": "far" if (id_alias, ood_alias) in far else ("near" if far else ""),
-                    **m, "auroc_ci_low": lo, "auroc_ci_high": hi, "n_id": len(id_scores), "n_ood": len(scores),
-                    "published_auroc": pub, "delta_auroc": None if pub is None else m["auroc"] - pub,
-                })
-                score_file = out / "scores" / scorer.name / f"{id_alias}_vs_{ood_alias}.npz"  # every number traceable
-                score_file.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(score_file, id_scores=id_scores, id_indices=id_test.indices, ood_scores=scores, ood_indices=ood_fs.indices)
-                curves[ood_alias] = (*roc_curve(id_scores, scores), m["auroc"])
-            curves_by[(scorer.name, id_alias)] = (curves, id_scores, ood_scores)
+            fitted[(scorer.name, id_alias)] = detector
+            detectors[f"{scorer.name}/{id_alias}"] = describe_detector(detector)
+    stages["detectors"] = time.time() - t
 
+    t = time.time()
+    pairs = [(s, i, o) for s in scorers for i in cfg.id for o in cfg.ood if o != i]
+    say(f"[metrics] {len(pairs)} pairs" + (f", bootstrap interval from {cfg.bootstrap} resamples each" if cfg.bootstrap else ""))
+    rows, curves_by = [], {}
+    with progress_bar(len(pairs) * int(cfg.bootstrap or 0), "bootstrap", unit="resample") as bar:
+        for scorer in scorers:
+            for id_alias in cfg.id:
+                detector = fitted[(scorer.name, id_alias)]
+                id_test = features[(scorer.name, id_alias, cfg.eval_split)]
+                id_scores = detector.score(id_test.features)
+                ood_scores, curves = {}, {}
+                for ood_alias in cfg.ood:
+                    if ood_alias == id_alias:
+                        continue
+                    ood_fs = features[(scorer.name, ood_alias, cfg.eval_split)]
+                    scores = detector.score(ood_fs.features)
+                    ood_scores[ood_alias] = scores
+                    m = ood_metrics(id_scores, scores)
+                    lo, hi = bootstrap_auroc_ci(id_scores, scores, n_boot=int(cfg.bootstrap), seed=int(cfg.seed), progress=bar.update) if cfg.bootstrap else (None, None)
+                    id_name, ood_name = cfg.datasets[id_alias].name, cfg.datasets[ood_alias].name
+                    pub = published.get(scorer.name, {}).get((id_name, ood_name))
+                    rows.append({
+                        "scorer": scorer.name, "id": id_alias, "ood": ood_alias,
+                        "shift": "far" if (id_alias, ood_alias) in far else ("near" if far else ""),
+                        **m, "auroc_ci_low": lo, "auroc_ci_high": hi, "n_id": len(id_scores), "n_ood": len(scores),
+                        "published_auroc": pub, "delta_auroc": None if pub is None else m["auroc"] - pub,
+                    })
+                    score_file = out / "scores" / scorer.name / f"{id_alias}_vs_{ood_alias}.npz"  # every number traceable
+                    score_file.parent.mkdir(parents=True, exist_ok=True)
+                    np.savez(score_file, id_scores=id_scores, id_indices=id_test.indices, ood_scores=scores, ood_indices=ood_fs.indices)
+                    curves[ood_alias] = (*roc_curve(id_scores, scores), m["auroc"])
+                curves_by[(scorer.name, id_alias)] = (curves, id_scores, ood_scores)
     means = mean_rows(rows)
+    stages["metrics"] = time.time() - t
+
+    t = time.time()
     plots = []
     if cfg.plots:
         for (scorer_name, id_alias), (curves, id_scores, ood_scores) in curves_by.items():
             if curves:
                 plots.append(plot_roc(out / "plots" / f"roc_{scorer_name}_{id_alias}.png", scorer_name, id_alias, curves))
                 plots.append(plot_histograms(out / "plots" / f"hist_{scorer_name}_{id_alias}.png", scorer_name, id_alias, id_scores, ood_scores))
-    timing = {"extract_s": t_extract, "total_s": time.time() - t0, "extractions_run": extracted}
-    extra = {"timing": timing, "backbone": identity, "runtime": runtime, "image_size": image_size, "fit_test_duplicates": duplicates}
+        for scorer in scorers:
+            plots.append(plot_auroc_heatmap(out / "plots" / f"auroc_{scorer.name}.png", scorer.name, [r for r in rows if r["scorer"] == scorer.name], list(cfg.id), list(cfg.ood)))
+    stages["plots"] = time.time() - t
+    stages["total"] = sum(stages.values())
+    timing = {"extract_s": stages["extraction"], "total_s": stages["total"], "extractions_run": extractions["computed"]}
+    extra = {"timing": timing, "stages_s": stages, "extractions": extractions, "detectors": detectors, "backbone": identity,
+             "runtime": runtime, "image_size": image_size, "fit_test_duplicates": duplicates}
     md = write_results(out, rows, means, extra, title=f"zsad evaluate: {Path(cfg.output_dir).name}")
     _log(loggers, rows, means, plots)
-    return {"rows": rows, "means": means, "table_markdown": md, "output_dir": str(out), "plots": [str(p) for p in plots], "timing": timing}
+    summary = {
+        "stages_s": stages, "extractions": extractions, "cache_dir": str(cfg.cache_dir), "detectors": detectors,
+        "outputs": {"table": str(out / "results.md"), "plots": str(out / "plots"), "scores": str(out / "scores"), "detectors": str(out / "detectors")},
+    }
+    return {"rows": rows, "means": means, "table_markdown": md, "output_dir": str(out), "plots": [str(p) for p in plots], "timing": timing, "summary": summary}
+
+
+def describe_detector(detector) -> str:
+    """The settings a detector was fitted with, in a few words (chosen by model selection when grid)."""
+    if isinstance(detector, KDEDetector):
+        return f"KDE, bandwidth {detector.bandwidth:g}"
+    p = detector.best_params_
+    how = "chosen by 10-fold CV" if detector.mode == "grid" else "fixed"
+    return f"GMM {p['gmm__n_components']} components, {p['gmm__covariance_type']} covariance ({how})".replace("10-fold", f"{detector.cv_folds}-fold")
 
 
 def check_duplicates(alias: str, fit_ds, fit: FeatureSet, test_ds, test: FeatureSet, max_share: float = 0.01) -> dict:
@@ -220,7 +281,7 @@ def check_duplicates(alias: str, fit_ds, fit: FeatureSet, test_ds, test: Feature
                f"images, e.g. {'; '.join(examples)}")
     if share > max_share:
         raise DataLeakageError(f"{message}. Remove the duplicates from one split (more than {max_share:.0%} would inflate every AUROC of this ID set).")
-    print(f"[data] warning: {message}")
+    warn(message)
     return {"count": len(pairs), "examples": examples}
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 from sklearn.mixture import GaussianMixture
-from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.model_selection import KFold
 from sklearn.neighbors import KernelDensity
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -59,6 +59,7 @@ class GMMDetector:
             raise ConfigError(f"detector mode must be 'grid' or 'fast', not '{self.mode}'.")
         self.pipeline_: Optional[Pipeline] = None
         self.best_params_: dict = {}
+        self.cv_results_: list[dict] = []
 
     def _cap(self, k: int, n: int) -> int:
         if k > n:
@@ -74,7 +75,10 @@ class GMMDetector:
         n = len(x)
         min_needed = self.cv_folds * 2 if self.mode == "grid" else 2
         if n < min_needed:
-            raise ValueError(f"GMMDetector({self.mode}) needs at least {min_needed} ID-train samples; got {n}.")
+            raise ConfigError(
+                f"The GMM detector ({self.mode} mode) needs at least {min_needed} ID-train images; got {n}. "
+                + ("Use more ID-train images (max_fit_images), fewer folds (detector.gmm.cv_folds) or detector.gmm.mode=fast." if self.mode == "grid" else "Use more ID-train images.")
+            )
         make = lambda k, cov: Pipeline(  # noqa: E731
             [("scaler", StandardScaler()), ("gmm", GaussianMixture(k, covariance_type=cov, max_iter=self.max_iter, reg_covar=self.reg_covar, random_state=self.random_state))]
         )
@@ -85,17 +89,7 @@ class GMMDetector:
         else:
             train_fold = n - -(-n // self.cv_folds)  # smallest training fold of the CV
             comps = sorted({self._cap(int(k), train_fold) for k in self.grid_components})
-            search = GridSearchCV(
-                make(comps[0], "full"),
-                {"gmm__n_components": comps, "gmm__covariance_type": list(self.grid_covariances)},
-                cv=KFold(self.cv_folds),
-                n_jobs=self.n_jobs,
-                refit=False,
-            )
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*did not converge.*")
-                search.fit(x)
-            self.best_params_ = dict(search.best_params_)
+            self.best_params_, self.cv_results_ = grid_search(x, make, comps, list(self.grid_covariances), self.cv_folds, self.n_jobs)
             self.best_params_["gmm__n_components"] = self._cap(self.best_params_["gmm__n_components"], n)
             self.pipeline_ = make(self.best_params_["gmm__n_components"], self.best_params_["gmm__covariance_type"]).fit(x)
         return self
@@ -146,7 +140,7 @@ class KDEDetector:
     def fit(self, features) -> "KDEDetector":
         x = _as_2d(features)
         if len(x) < 2:
-            raise ValueError(f"KDEDetector needs at least 2 ID-train samples; got {len(x)}.")
+            raise ConfigError(f"The KDE detector needs at least 2 ID-train images; got {len(x)}. Use more ID-train images.")
         self.train_ = x
         self.kde_ = KernelDensity(kernel="gaussian", bandwidth=self.bandwidth).fit(x)
         return self
@@ -163,6 +157,33 @@ class KDEDetector:
     def load(cls, path: str | Path) -> "KDEDetector":
         meta, arrays = _read(path, "kde")
         return cls(**meta["settings"]).fit(arrays["train"])
+
+
+def grid_search(x: np.ndarray, make, components: list[int], covariances: list[str], folds: int, n_jobs: Optional[int]) -> tuple[dict, list[dict]]:
+    """DiffPath's model selection, as GridSearchCV(cv=KFold(folds)) does it (same grid order, contiguous
+    folds, mean held-out log-likelihood, first best on ties), with a progress bar over the fits."""
+    from joblib import Parallel, delayed
+
+    from zsad.utils.progress import progress_bar
+
+    grid = [(cov, k) for cov in covariances for k in components]  # ParameterGrid's order (sorted keys)
+    splits = list(KFold(folds).split(x))
+
+    def fit_score(cov: str, k: int, train, test) -> float:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*did not converge.*")
+            return float(make(k, cov).fit(x[train]).score(x[test]))
+
+    jobs = (delayed(fit_score)(cov, k, tr, te) for cov, k in grid for tr, te in splits)
+    scores = []
+    with progress_bar(len(grid) * len(splits), f"GMM grid ({len(grid)} settings × {folds} folds)", unit="fit") as bar:
+        for score in Parallel(n_jobs=n_jobs, return_as="generator")(jobs):
+            scores.append(score)
+            bar.update(1)
+    means = np.asarray(scores).reshape(len(grid), len(splits)).mean(axis=1)
+    best = int(np.argmax(means))  # first maximum, as GridSearchCV's rank 1
+    results = [{"covariance_type": cov, "n_components": k, "mean_test_loglik": float(m)} for (cov, k), m in zip(grid, means)]
+    return {"gmm__covariance_type": grid[best][0], "gmm__n_components": grid[best][1]}, results
 
 
 def _write(path: Path, meta: dict, arrays: dict) -> None:

@@ -19,6 +19,9 @@ from zsad.diffusion.backbone import Backbone
 from zsad.errors import FeatureError
 from zsad.ood.feature_cache import FeatureCache, FeatureSet, cache_key
 from zsad.ood.scorers import Scorer, image_seeds
+from zsad.utils.console import say
+from zsad.utils.files import disk_full_guard
+from zsad.utils.progress import progress_bar
 
 
 class OODEvaluationModule(L.LightningModule):
@@ -69,12 +72,30 @@ class ShardWriter(BasePredictionWriter):
             # A concurrent run that completes this entry first removes shards/ (its content is then unused).
             try:
                 self.shard_dir.mkdir(parents=True, exist_ok=True)
-                torch.save({k: prediction[k] for k in ("index", "seed", "features")}, tmp)
-                os.replace(tmp, self.shard_dir / name)
+                with disk_full_guard(self.shard_dir / name, int(prediction["features"].nbytes) * 2, partial=[tmp]):
+                    torch.save({k: prediction[k] for k in ("index", "seed", "features")}, tmp)
+                    os.replace(tmp, self.shard_dir / name)
                 return
             except (FileNotFoundError, RuntimeError):
                 if attempt == 4:
                     raise
+
+
+class ExtractionProgress(L.Callback):
+    """One bar per extraction on rank 0: images done (over all processes), images/s, ETA."""
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc, self._bar, self._cm = total, desc, None, None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._cm = progress_bar(self.total, self.desc)
+        self._bar = self._cm.__enter__()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._bar.update(min(len(batch[1]) * trainer.world_size, self.total - self._bar.n))
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self._cm.__exit__(None, None, None)
 
 
 def configure_precision(allow_tf32: bool = False) -> None:
@@ -110,7 +131,7 @@ def extract_features(
     batch_size: int,
     num_workers: int,
     runtime: dict,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> Optional[FeatureSet]:
     """Features of every image of `dataset` (from cache when complete). Returns None on non-zero ranks."""
     key = cache_key(backbone_id, dataset, scorer, seed, runtime)
@@ -126,7 +147,10 @@ def extract_features(
     done = set(cache.read_shards(shard_dir, exclude_nonce=run_nonce())[0].tolist())
     positions = [p for p, i in enumerate(dataset.indices) if i not in done]
     todo = Subset(dataset, positions)
-    trainer = L.Trainer(logger=False, callbacks=[ShardWriter(shard_dir)], use_distributed_sampler=False, **trainer_kwargs)
+    desc = f"[extract] {scorer.name} {dataset.name}/{dataset.split}"
+    callbacks = [ShardWriter(shard_dir), ExtractionProgress(len(positions), desc)]
+    trainer_kwargs = {**trainer_kwargs, "enable_progress_bar": False, "enable_model_summary": False}  # our own bar
+    trainer = L.Trainer(logger=False, callbacks=callbacks, use_distributed_sampler=False, **trainer_kwargs)
     if positions:
         resumed = f", resuming: {len(done)} already done" if len(done) else ""
         log(f"[extract] {scorer.name} features of {dataset.name}/{dataset.split}: {len(positions)} images{resumed}")

@@ -23,6 +23,8 @@ import torch
 
 from zsad.data.base import ImageDataset
 from zsad.ood.scorers import Scorer
+from zsad.utils.console import say
+from zsad.utils.files import disk_full_guard
 
 # Bump when the layout of an entry changes (not the features: those have Scorer.version).
 FEATURE_FORMAT_VERSION = 2
@@ -73,9 +75,9 @@ def cache_key(backbone_id: dict, dataset: ImageDataset, scorer: Scorer, seed: in
 class FeatureCache:
     """Reads, writes and locks cache entries under `root`."""
 
-    def __init__(self, root: str | Path, log: Callable[[str], None] = print):
+    def __init__(self, root: str | Path, log: Optional[Callable[[str], None]] = None):
         self.root = Path(root)
-        self.log = log
+        self.log = log or say
 
     def folder(self, scorer: Scorer, dataset: ImageDataset, key: str) -> Path:
         return self.root / scorer.name / f"{dataset.name}_{dataset.split}" / key[:24]
@@ -148,12 +150,13 @@ class FeatureCache:
                 missing = np.setdiff1d(expected, indices)
                 raise RuntimeError(f"Feature extraction incomplete in {folder}: {len(missing)} images missing (first {missing[:10].tolist()}).")
             tmp = folder / f".features.{os.getpid()}.tmp.npz"
-            np.savez(tmp, features=features, indices=indices, seeds=seeds)
-            os.replace(tmp, folder / "features.npz")
-            meta = {**meta, "n": int(len(indices)), "dim": int(features.shape[1])}
             tmp_meta = folder / f".meta.{os.getpid()}.tmp"
-            tmp_meta.write_text(json.dumps(meta, indent=2, default=str))
-            os.replace(tmp_meta, folder / "meta.json")  # written last: its presence means complete
+            with disk_full_guard(folder / "features.npz", features.nbytes + 16 * len(indices), partial=[tmp, tmp_meta]):
+                np.savez(tmp, features=features, indices=indices, seeds=seeds)
+                os.replace(tmp, folder / "features.npz")
+                meta = {**meta, "n": int(len(indices)), "dim": int(features.shape[1])}
+                tmp_meta.write_text(json.dumps(meta, indent=2, default=str))
+                os.replace(tmp_meta, folder / "meta.json")  # written last: its presence means complete
             self._drop_shards(folder / "shards")
             return FeatureSet(features, indices, seeds, meta)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from zsad.ood.published import PUBLISHED_SOURCE
+from zsad.utils.files import disk_full_guard
 
 COLUMNS = ["scorer", "id", "ood", "shift", "auroc", "auroc_ci_low", "auroc_ci_high", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood", "published_auroc", "delta_auroc"]
 
@@ -65,6 +65,11 @@ def to_markdown(rows: list[dict], means: list[dict], title: str = "") -> str:
 def write_results(out: Path, rows: list[dict], means: list[dict], extra: dict, title: str = "") -> str:
     """results.csv, results.md and results.json in `out`; returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
+    with disk_full_guard(out / "results.json", partial=[out / "results.csv", out / "results.md", out / "results.json"]):
+        return _write_results(out, rows, means, extra, title)
+
+
+def _write_results(out: Path, rows: list[dict], means: list[dict], extra: dict, title: str) -> str:
     with open(out / "results.csv", "w", newline="") as f:
         fields = COLUMNS + ["n_pairs", "n_published_pairs"]
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -97,22 +102,76 @@ def plot_roc(path: Path, scorer: str, id_name: str, curves: dict[str, tuple[np.n
     return path
 
 
-def plot_histograms(path: Path, scorer: str, id_name: str, id_scores: np.ndarray, ood_scores: dict[str, np.ndarray], clip: Optional[float] = 0.995) -> Path:
-    """Score histograms of the ID test set and every OOD set (shared bins, tails clipped for readability)."""
+def score_axis(scores: np.ndarray) -> str:
+    """'linear', 'log' or 'symlog': a log scale when the scores span more than two decades, so that
+    far-OOD scores (hundreds to thousands) do not squash ID and near-OOD into one bar."""
+    a = np.abs(scores[np.isfinite(scores)])
+    if len(a) == 0 or a.max() == 0:
+        return "linear"
+    floor = max(float(np.quantile(a, 0.05)), 1e-12)
+    if np.log10(a.max() / floor) <= 2:
+        return "linear"
+    return "log" if scores.min() > 0 else "symlog"
+
+
+def plot_histograms(path: Path, scorer: str, id_name: str, id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]) -> Path:
+    """Score histograms of the ID test set and every OOD set on shared bins; a log or symlog axis when
+    the scores span more than two decades."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     everything = np.concatenate([id_scores, *ood_scores.values()])
-    lo, hi = np.quantile(everything, [1 - clip, clip]) if clip else (everything.min(), everything.max())
-    bins = np.linspace(lo, hi if hi > lo else lo + 1, 50)
+    axis = score_axis(everything)
+    lo, hi = float(everything.min()), float(everything.max())
+    if hi <= lo:
+        hi = lo + 1
+    if axis == "log":
+        bins = np.geomspace(lo, hi, 60)
+    elif axis == "symlog":
+        linthresh = max(float(np.quantile(np.abs(everything), 0.05)), 1e-3)
+        forward = lambda v: np.sign(v) * np.log10(1 + np.abs(v) / linthresh)  # noqa: E731
+        inverse = lambda u: np.sign(u) * linthresh * (10 ** np.abs(u) - 1)  # noqa: E731
+        bins = inverse(np.linspace(forward(lo), forward(hi), 60))
+    else:
+        bins = np.linspace(lo, hi, 50)
     fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=120)
-    ax.hist(np.clip(id_scores, lo, hi), bins=bins, alpha=0.6, density=True, label=f"{id_name} (ID test)", color="k")
+    ax.hist(id_scores, bins=bins, alpha=0.6, label=f"{id_name} (ID test)", color="k")
     for name, scores in ood_scores.items():
-        ax.hist(np.clip(scores, lo, hi), bins=bins, alpha=0.45, density=True, label=name)
-    ax.set(xlabel="anomaly score (−log-likelihood)", ylabel="density", title=f"{scorer}: ID = {id_name}")
+        ax.hist(scores, bins=bins, alpha=0.45, label=name)
+    if axis == "log":
+        ax.set_xscale("log")
+    elif axis == "symlog":
+        ax.set_xscale("symlog", linthresh=linthresh)
+    ax.set(xlabel=f"anomaly score (−log-likelihood){'' if axis == 'linear' else f', {axis} axis'}", ylabel="images", title=f"{scorer}: ID = {id_name}")
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_auroc_heatmap(path: Path, scorer: str, rows: list[dict], ids: list[str], oods: list[str]) -> Path:
+    """AUROC of every (ID, OOD) pair of one scorer as an annotated ID × OOD grid (0.5 = chance)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.full((len(ids), len(oods)), np.nan)
+    for r in rows:
+        grid[ids.index(r["id"]), oods.index(r["ood"])] = r["auroc"]
+    fig, ax = plt.subplots(figsize=(1.1 * len(oods) + 2.2, 0.8 * len(ids) + 1.6), dpi=120)
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=0.5, vmax=1.0)
+    for i in range(len(ids)):
+        for j in range(len(oods)):
+            ax.text(j, i, "—" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(oods)), oods, rotation=30, ha="right")
+    ax.set_yticks(range(len(ids)), ids)
+    ax.set(xlabel="OOD set", ylabel="ID set", title=f"{scorer}: AUROC")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

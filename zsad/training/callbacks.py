@@ -12,6 +12,29 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torchvision.utils import make_grid, save_image
 
+from zsad.utils.files import disk_full_guard
+
+
+MIN_GRID_WIDTH = 512  # px: a 6 × 6 grid of 16 px samples is 108 px wide, too small to see anything
+
+
+def enlarge(image: torch.Tensor, min_width: int) -> torch.Tensor:
+    """Upscale [C, H, W] by the smallest integer factor that reaches `min_width`, nearest neighbour
+    (pixels stay pixels: no blur that would flatter the samples)."""
+    factor = max(1, -(-min_width // image.shape[-1]))
+    return torch.nn.functional.interpolate(image[None], scale_factor=factor, mode="nearest")[0] if factor > 1 else image
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write to a temporary file in the same folder, fsync, then rename: a kill never leaves half a file."""
@@ -20,11 +43,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        needed = sum(t.numel() * t.element_size() for t in _tensors(checkpoint))
+        with disk_full_guard(path, needed, partial=[tmp]):
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         # Our checkpoints hold only tensors and plain data, so the safe loader always suffices.
@@ -54,7 +79,7 @@ class SampleGrid(L.Callback):
         grid = make_grid(((images.float().clamp(-1, 1) + 1) / 2).cpu(), nrow=int(self.num**0.5) or 1)
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"step_{step:07d}.png"
-        save_image(grid, path)
+        save_image(enlarge(grid, MIN_GRID_WIDTH), path)
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="samples/ema", images=[str(path)], step=step)

@@ -10,11 +10,14 @@ from typing import Optional
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zsad.config import ConfigError, save_config, to_plain
+from zsad.config.checks import check_accelerator, check_output_dir, check_positive
+from zsad.data import build_training_dataset
 from zsad.training.callbacks import AtomicCheckpointIO, FinalCheckpoint, SampleGrid, SlurmPreemption, Throughput
 from zsad.training.module import DiffusionTrainingModule
+from zsad.utils.console import verbosity
 from zsad.utils.dist import env_global_rank
 from zsad.utils.loggers import build_logger, close_loggers
 
@@ -40,15 +43,51 @@ def resume_path(cfg: DictConfig) -> Optional[str]:
         return None
     if value == "auto":
         last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
+        if not last.is_file():
+            return None
+        check_readable_checkpoint(last)
+        return str(last)
     if not Path(value).is_file():
         raise ConfigError(f"resume={value}: no such checkpoint file. Use resume=auto, resume=never or a path to a .ckpt.")
+    check_readable_checkpoint(Path(value))
     return value
+
+
+def check_readable_checkpoint(path: Path) -> None:
+    """A damaged checkpoint is an error naming it and the periodic checkpoints to resume from instead;
+    never a silent fresh start that would overwrite the run's history."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+            raise ValueError("not a `zsad train` checkpoint")
+    except Exception as err:  # noqa: BLE001 - any unreadable file
+        others = sorted(p for p in path.parent.glob("step_*.ckpt") if p != path)
+        hint = (f" Periodic checkpoints that can be used instead: {', '.join(p.name for p in others[-3:])} (resume={others[-1]})."
+                if others else " There is no periodic checkpoint beside it; start afresh with resume=never (the old run's files are kept).")
+        raise ConfigError(f"Cannot resume: {path} is damaged ({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}).{hint}") from None
+
+
+def validate(cfg: DictConfig) -> None:
+    """Domain checks and the training data, before any folder, W&B run or checkpoint exists."""
+    check_positive(
+        cfg,
+        ["batch_size", "total_images", "trainer.max_steps", "trainer.num_nodes", "trainer.log_every_n_steps", "optim.lr",
+         "checkpoint.every_n_steps", "data.image_size", "data.max_images", "ema.halflife_images"],
+        allow_zero=["samples.every_n_steps", "samples.num", "samples.sampling_steps", "optim.warmup_images", "optim.grad_clip", "optim.weight_decay", "data.num_workers"],
+    )
+    check_accelerator(cfg.trainer.accelerator)
+    check_output_dir(cfg.output_dir)
+    if str(cfg.resume) not in ("auto", "never") and not Path(str(cfg.resume)).is_file():
+        raise ConfigError(f"resume={cfg.resume}: no such checkpoint file. Use resume=auto, resume=never or a path to a .ckpt.")
+    dataset = build_training_dataset(OmegaConf.create(to_plain(cfg.data)))
+    if len(dataset) == 0:
+        raise ConfigError(f"The training set '{cfg.data.name}' ({cfg.data.split}) has no images. Check data.root, data.split and data.max_images.")
 
 
 def train(cfg: DictConfig) -> dict:
     """Train the base model; returns the final logged metrics and paths."""
     out = Path(cfg.output_dir)
+    validate(cfg)
     steps = total_steps(cfg)
     ckpt_path = resume_path(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -90,7 +129,8 @@ def train(cfg: DictConfig) -> dict:
         max_epochs=-1,
         log_every_n_steps=int(cfg.trainer.log_every_n_steps),
         deterministic=bool(cfg.trainer.deterministic),
-        enable_progress_bar=bool(cfg.trainer.enable_progress_bar),
+        enable_progress_bar=bool(cfg.trainer.enable_progress_bar) and verbosity() > 0,
+        enable_model_summary=verbosity() >= 2,  # the layer table is noise for most runs; -v shows it
         logger=loggers or False,
         callbacks=callbacks,
         plugins=plugins,

@@ -8,13 +8,13 @@ from typing import Iterator
 
 from tqdm.auto import tqdm
 
-from zsad.utils.dist import env_global_rank
+from zsad.utils.console import progress_enabled
 
 
 @contextlib.contextmanager
 def progress_bar(total: int, desc: str, unit: str = "img") -> Iterator[tqdm]:
-    """A tqdm bar on stderr (rate and ETA), disabled on ranks other than 0."""
-    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=env_global_rank() != 0, dynamic_ncols=True, leave=False)
+    """A tqdm bar on stderr (rate and ETA), on rank 0 only and not when quiet."""
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not progress_enabled(), dynamic_ncols=True, leave=True, mininterval=0.5)
     try:
         yield bar
     finally:
