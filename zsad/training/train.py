@@ -117,6 +117,13 @@ def train(cfg: DictConfig) -> dict:
         callbacks.append(SlurmPreemption(out / "checkpoints" / "last.ckpt"))
         if SLURMEnvironment.detect():
             plugins.append(SLURMEnvironment(auto_requeue=False))  # SlurmPreemption handles SIGUSR1
+    if bool(cfg.trainer.enable_progress_bar) and verbosity() > 0:
+        import sys
+
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        # In a log file every refresh is a new line of text: about 50 of them for the whole run.
+        callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stdout.isatty() else max(1, steps // 50)))
     if cfg.samples.every_n_steps:
         callbacks.append(SampleGrid(out, int(cfg.samples.every_n_steps), int(cfg.samples.num), int(cfg.samples.seed)))
     trainer = L.Trainer(
