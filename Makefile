@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-slurm train-celeba eval-all eval-published demo bench clean
+.PHONY: help install test test-slow test-slurm train-celeba eval-all eval-published demo bench bench-gpu clean
 
 help: $(BIN)/zsad ## list the targets (installs .venv first if missing)
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -43,8 +43,11 @@ eval-published: $(BIN)/zsad ## the benchmark with DiffPath's published CelebA-32
 demo: $(BIN)/zsad ## train + evaluate end to end on built-in data, CPU, a few minutes
 	$(BIN)/zsad demo $(ARGS)
 
-bench: $(BIN)/zsad ## speed benchmarks (images/s, peak memory, GMM fit time)
+bench: $(BIN)/zsad ## CPU speed: scorer images/s before/after the fast path, GMM selection time (outputs/bench/)
 	$(BIN)/python bench/bench_scorers.py $(ARGS)
+
+bench-gpu: $(BIN)/zsad ## GPU speed: network evals/s by batch, precision, compilation; pipeline images/s (outputs/bench/)
+	$(BIN)/python bench/bench_gpu.py $(ARGS)
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache

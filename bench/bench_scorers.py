@@ -1,8 +1,10 @@
-"""`make bench`: CPU speed of every scorer on a DiffPath CelebA-32-sized model (random weights), the
-share of time spent outside network calls, peak memory, and GMM fit time on 50,000 × 6 features.
+"""`make bench`: CPU speed of every scorer on a DiffPath CelebA-32-sized model (random weights), before
+(plain kernels) and after (the fast path: fused attention, channels-last), the share of time spent
+outside network calls, padding, peak memory; and GMM model selection time on 50,000 × 6 features,
+DiffPath's full grid against zsad's default (grid on a 10,000 subsample, parallel folds, refit on all).
 
-Each measurement runs in a fresh process so peak RSS belongs to that scorer alone.
-Usage: python bench/bench_scorers.py [--images 32] [--batch 16] [--skip-grid] [--out outputs/bench/results.json]
+Each measurement runs in a fresh process so peak RSS belongs to that run alone.
+Usage: python bench/bench_scorers.py [--images 32] [--batch 16] [--baseline] [--skip-grid] [--out outputs/bench/results.json]
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ SCORERS = {
 }
 
 
-def _scorer_worker(name: str, options: dict, images: int, batch: int, network_batch: int, queue) -> None:
+def _scorer_worker(name: str, options: dict, images: int, batch: int, network_batch: int, fast: bool, queue) -> None:
     import torch
 
     import zsad
@@ -31,7 +33,9 @@ def _scorer_worker(name: str, options: dict, images: int, batch: int, network_ba
 
     torch.manual_seed(0)
     cfg = PRESETS["diffpath-celeba32"]
-    backbone = ImprovedDiffusionBackbone(cfg.build().eval().requires_grad_(False), cfg, "bench")
+    from zsad.diffusion.fast import set_fast_path
+
+    backbone = set_fast_path(ImprovedDiffusionBackbone(cfg.build().eval().requires_grad_(False), cfg, "bench"), sdpa=fast, channels_last=fast)
     calls = {"t": 0.0, "n": 0}
     inner = backbone.predict_eps
 
@@ -52,24 +56,35 @@ def _scorer_worker(name: str, options: dict, images: int, batch: int, network_ba
         scorer(backbone, x[i : i + batch], seed=0)
     total = time.perf_counter() - start
     queue.put({
-        "scorer": name, "options": options, "images": images, "images_per_s": images / total,
+        "scorer": name, "path": "fast" if fast else "plain", "options": options, "images": images, "images_per_s": images / total,
         "network_rows_per_image": calls["n"] / images, "outside_network_share": 1 - calls["t"] / total,
         "padding_share": padding_share(scorer.rows_per_call(batch), network_batch),  # zero rows in a full batch's calls
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     })
 
 
-def _gmm_worker(mode: str, n: int, queue) -> None:
+GMM_VARIANTS = {
+    "fast": dict(mode="fast"),
+    "grid (zsad default: 10k subsample, parallel folds)": dict(mode="grid"),
+    "grid (DiffPath: all samples, one core)": dict(mode="grid", grid_max_samples=None, n_jobs=1),
+}
+
+
+def _gmm_worker(label: str, n: int, queue) -> None:
     import numpy as np
 
     from zsad.ood.detector import GMMDetector
+    from zsad.ood.metrics import auroc
 
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 4, (20, 6))
     x = centers[rng.integers(0, 20, n)] + rng.normal(0, 1, (n, 6))
+    held_out = centers[rng.integers(0, 20, 5000)] + rng.normal(0, 1, (5000, 6))
+    shifted = centers[rng.integers(0, 20, 5000)] + rng.normal(0, 1, (5000, 6)) * 1.3  # a near shift: wider clusters
     start = time.perf_counter()
-    det = GMMDetector(mode=mode, n_jobs=None).fit(x)
-    queue.put({"mode": mode, "n": n, "fit_s": time.perf_counter() - start, "best_params": det.best_params_})
+    det = GMMDetector(**GMM_VARIANTS[label]).fit(x)
+    fit_s = time.perf_counter() - start
+    queue.put({"variant": label, "n": n, "fit_s": fit_s, "best_params": det.best_params_, "auroc_near_shift": auroc(det.score(held_out), det.score(shifted))})
 
 
 def _run(target, *args) -> dict:
@@ -88,22 +103,30 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--network-batch", type=int, default=8)
     parser.add_argument("--gmm-samples", type=int, default=50_000)
-    parser.add_argument("--skip-grid", action="store_true", help="skip the (slow) grid-mode GMM fit")
+    parser.add_argument("--skip-grid", action="store_true", help="skip DiffPath's full-data grid (about 5 minutes)")
+    parser.add_argument("--baseline", action="store_true", help="also run every scorer on the plain kernels (before/after)")
     parser.add_argument("--out", default="outputs/bench/results.json")
     args = parser.parse_args()
     import torch
 
     report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "scorers": [], "gmm": []}
     print(f"# zsad bench on {report['machine']}: DiffPath CelebA-32-size UNet (52.5M parameters, random weights), 32×32")
-    print(f"{'scorer':<12} {'img/s':>8} {'net rows/img':>13} {'padding':>8} {'outside net':>12} {'peak RSS':>10}")
+    print(f"{'scorer':<12} {'path':<6} {'img/s':>8} {'speed-up':>9} {'net rows/img':>13} {'padding':>8} {'outside net':>12} {'peak RSS':>10}")
     for name, options in SCORERS.items():
-        r = _run(_scorer_worker, name, options, args.images, args.batch, args.network_batch)
-        report["scorers"].append(r)
-        print(f"{name:<12} {r['images_per_s']:8.2f} {r['network_rows_per_image']:13.1f} {100 * r['padding_share']:7.1f}% {100 * r['outside_network_share']:11.1f}% {r['peak_rss_mib']:8.0f} MiB", flush=True)
-    for mode in (("fast",) if args.skip_grid else ("fast", "grid")):
-        r = _run(_gmm_worker, mode, args.gmm_samples)
+        plain = None
+        for fast in ((False, True) if args.baseline or name == "diffpath_6d" else (True,)):
+            r = _run(_scorer_worker, name, options, args.images, args.batch, args.network_batch, fast)
+            report["scorers"].append(r)
+            plain = r if not fast else plain
+            ratio = f"{r['images_per_s'] / plain['images_per_s']:8.2f}×" if fast and plain else ""
+            print(f"{name:<12} {r['path']:<6} {r['images_per_s']:8.2f} {ratio:>9} {r['network_rows_per_image']:13.1f} {100 * r['padding_share']:7.1f}% "
+                  f"{100 * r['outside_network_share']:11.1f}% {r['peak_rss_mib']:8.0f} MiB", flush=True)
+    for label in GMM_VARIANTS:
+        if args.skip_grid and "DiffPath" in label:
+            continue
+        r = _run(_gmm_worker, label, args.gmm_samples)
         report["gmm"].append(r)
-        print(f"GMM {mode:<5} on {args.gmm_samples} × 6: {r['fit_s']:.1f} s  ({r['best_params']})", flush=True)
+        print(f"GMM {label:<52} on {args.gmm_samples} × 6: {r['fit_s']:6.1f} s  AUROC (near shift) {r['auroc_near_shift']:.4f}  {r['best_params']}", flush=True)
     from pathlib import Path
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

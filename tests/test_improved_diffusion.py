@@ -169,3 +169,24 @@ def test_evaluate_runs_unchanged_on_an_improved_diffusion_backbone(tmp_path):
     assert results["image_size"] == 32 and results["backbone"]["format"] == "improved-diffusion"
     assert results["backbone"]["model_config"]["num_channels"] == 32, "the config's content, not its path, identifies the model"
     assert [(r["id"], r["ood"]) for r in results["rows"]] == [("digits", "noise")]
+
+
+def test_fast_path_equals_the_plain_path_within_fixture_tolerances(x0):
+    """Fused attention + channels-last (the default) against the plain kernels, and both against the reference."""
+    from zsad.diffusion.fast import set_fast_path
+
+    plain = zsad.load_backbone(F / "small_state_dict.pt", format="improved-diffusion", config=F / "small_config.json", fast_path=False)
+    fast = zsad.load_backbone(F / "small_state_dict.pt", format="improved-diffusion", config=F / "small_config.json")
+    assert fast.fast_path == {"sdpa": True, "channels_last": True} and plain.fast_path == {"sdpa": False, "channels_last": False}
+    assert any(getattr(m, "use_sdpa", False) for m in fast.modules()) and fast.unet.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    ref = load("ddim10_inversion.pt")["clip_denoised_true"]
+    stats = {}
+    for name, backbone in (("plain", plain), ("fast", fast)):
+        with torch.no_grad():
+            eps = backbone.predict_eps(x0, torch.full((4,), 1200))
+        stats[name] = zsad.build_scorer("diffpath_6d", steps=10, clip_denoised=True, network_batch=4)(backbone, x0, seed=0)
+        torch.testing.assert_close(stats[name], ref["stats6"].to(torch.float64), rtol=1e-4, atol=0)
+        assert eps.is_contiguous()
+    torch.testing.assert_close(stats["fast"], stats["plain"], rtol=1e-4, atol=0)
+    set_fast_path(fast, sdpa=False, channels_last=False)  # switching back gives the plain kernels exactly
+    assert torch.equal(zsad.build_scorer("diffpath_6d", steps=10, network_batch=4)(fast, x0, seed=0), stats["plain"])

@@ -168,3 +168,17 @@ def test_grid_search_equals_sklearns_gridsearchcv():
     ours = {(r["covariance_type"], r["n_components"]): r["mean_test_loglik"] for r in det.cv_results_}
     for params, score in zip(ref.cv_results_["params"], ref.cv_results_["mean_test_score"]):
         assert ours[(params["gmm__covariance_type"], params["gmm__n_components"])] == pytest.approx(score, rel=1e-12)
+
+
+def test_grid_selection_on_a_subsample_refits_on_everything():
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(0, 1, (700, 2)), rng.normal(5, 0.5, (500, 2))])
+    kw = dict(mode="grid", grid_components=[1, 2, 3], grid_covariances=["full", "spherical"], cv_folds=3)
+    sub = GMMDetector(grid_max_samples=400, **kw).fit(x)
+    assert sub.pipeline_["scaler"].n_samples_seen_ == len(x), "the chosen setting is refitted on all samples"
+    assert sub.best_params_["gmm__n_components"] >= 2
+    # small sets: exactly DiffPath's full grid (the subsample only applies above grid_max_samples)
+    small = x[:300]
+    a, b = GMMDetector(**kw).fit(small), GMMDetector(grid_max_samples=None, **kw).fit(small)
+    assert a.best_params_ == b.best_params_ and a.cv_results_ == b.cv_results_
+    assert np.array_equal(a.score(x), b.score(x))

@@ -117,3 +117,12 @@ def test_unknown_scorer_and_option():
         zsad.build_scorer("diffpath_v2", stepz=3)
     with pytest.raises(ConfigError, match="trajectory"):
         zsad.build_scorer("diffpath_v2", trajectory="backward")
+
+
+def test_diffpath_1d_from_6d_equals_a_separate_extraction(backbone, images):
+    one = zsad.build_scorer("diffpath_1d", steps=4, network_batch=4)
+    six = zsad.build_scorer("diffpath_6d", steps=4, network_batch=4)
+    assert one.derivable_from(six) and not one.derivable_from(zsad.build_scorer("diffpath_6d", steps=5, network_batch=4))
+    f1, f6 = one(backbone, images, seed=0), six(backbone, images, seed=0)
+    assert torch.equal(one.from_6d(f6), f1)
+    assert (one.from_6d(f6.numpy()) == f1.numpy()).all(), "the numpy path (cached features) is bit-identical too"

@@ -150,6 +150,7 @@ class GMMConfig:
     random_state: int = 0
     n_jobs: Optional[int] = None
     max_train: Optional[int] = None
+    grid_max_samples: Optional[int] = 10_000
 
 
 @dataclass
@@ -173,6 +174,9 @@ class EvalTrainerConfig:
     strategy: str = "auto"
     enable_progress_bar: bool = True
     allow_tf32: bool = False  # TF32 convolutions/matmuls on Ampere+ GPUs: faster, ~1e-3 relative error in ε̂
+    precision: str = "32-true"  # network precision for extraction: 32-true | bf16-mixed | 16-mixed (GPU)
+    compile: Optional[str] = None  # torch.compile the network: default | reduce-overhead (CUDA graphs) | max-autotune
+    fast_path: bool = True  # fused attention + channels-last convolutions (float rounding only; see README)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 
 from zsad.diffusion.backbone import Backbone
+from zsad.diffusion.fast import as_input
 from zsad.diffusion.improved_unet import ImprovedUNet
 from zsad.diffusion.schedule import cosine_alphas_cumprod, linear_alphas_cumprod
 from zsad.errors import BackboneLoadError, ConfigError
@@ -130,7 +131,7 @@ class ImprovedDiffusionBackbone(Backbone):
         self.trained_on = next((PRESET_TRAINED_ON[name] for name, preset in PRESETS.items() if preset == config), "")
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(x_t, t.float() * self.time_scale)[:, :3]
+        return self.unet(as_input(self, x_t), t.float() * self.time_scale)[:, :3].contiguous()
 
 
 def from_improved_diffusion_state_dict(state_dict: Any, config: Any = None, fingerprint: str = "") -> ImprovedDiffusionBackbone:

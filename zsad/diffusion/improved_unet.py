@@ -1,5 +1,5 @@
 """The improved-diffusion UNet (openai/improved-diffusion, as forked by DiffPath), written from
-shared/docs/improved_diffusion_format.md §2. Module names equal the checkpoint keys, so published
+docs/improved_diffusion_format.md §2. Module names equal the checkpoint keys, so published
 state dicts load strictly with no renaming."""
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
+        self.use_sdpa = False  # fused scaled_dot_product_attention (zsad.diffusion.fast); same maths
         self.norm = GroupNorm32(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
@@ -71,6 +72,9 @@ class AttentionBlock(nn.Module):
         length = qkv.shape[-1]
         d = c // self.num_heads
         q, k, v = qkv.reshape(b * self.num_heads, 3 * d, length).split(d, dim=1)
+        if self.use_sdpa:  # softmax(qᵀk/√d)·v in one fused kernel (its default scale is 1/√d, as below)
+            a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+            return (x + self.proj_out(a.reshape(b, c, length))).reshape(b, c, *spatial)
         scale = 1 / math.sqrt(math.sqrt(d))
         w = torch.einsum("bct,bcs->bts", q * scale, k * scale)
         w = torch.softmax(w.float(), dim=-1).type(w.dtype)

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 
 from zsad.diffusion.backbone import Backbone
+from zsad.diffusion.fast import set_fast_path
 from zsad.errors import BackboneLoadError
 
 FORMATS = ("auto", "zsad", "improved-diffusion")
@@ -60,12 +61,14 @@ def load_backbone(
     config: Optional[Any] = None,
     use_ema: bool = True,
     device: str | torch.device = "cpu",
+    fast_path: bool = True,
 ) -> Backbone:
     """Load a frozen diffusion backbone (eval mode) from `path`.
 
     format: "auto" | "zsad" | "improved-diffusion". config: for improved-diffusion, a preset name
     (diffpath-celeba32, openai-imagenet64), a dict or a JSON file of its hyper-parameters.
     use_ema: for zsad checkpoints, load the EMA weights (default) or the online ones.
+    fast_path: fused attention and channels-last convolutions (zsad.diffusion.fast); False = the plain path.
     """
     if format not in FORMATS:
         raise BackboneLoadError(f"Unknown backbone format '{format}'. Known: {', '.join(FORMATS)}.")
@@ -88,7 +91,8 @@ def load_backbone(
         model_config = dataclasses.asdict(backbone.config)  # the content, not a path to a JSON that can change
     # Weights and the configuration that builds the network: what ε̂ depends on (the path does not).
     backbone.identity = {"sha256": fingerprint, "format": kind, "model_config": model_config, "use_ema": bool(use_ema) if kind == "zsad" else None}
-    return backbone.to(device).eval()
+    backbone = backbone.to(device).eval()
+    return set_fast_path(backbone, sdpa=fast_path, channels_last=fast_path)
 
 
 def backbone_settings(backbone_cfg) -> dict:
@@ -99,7 +103,7 @@ def backbone_settings(backbone_cfg) -> dict:
     return {k: plain.get(k) for k in ("path", "format", "config", "use_ema")}
 
 
-def load_backbone_from(backbone_cfg, device: str | torch.device = "cpu") -> Backbone:
+def load_backbone_from(backbone_cfg, device: str | torch.device = "cpu", fast_path: bool = True) -> Backbone:
     """`load_backbone` with the settings of a config's `backbone:` section."""
     s = backbone_settings(backbone_cfg)
-    return load_backbone(s["path"], format=s["format"] or "auto", config=s["config"], use_ema=bool(s["use_ema"]), device=device)
+    return load_backbone(s["path"], format=s["format"] or "auto", config=s["config"], use_ema=bool(s["use_ema"]), device=device, fast_path=fast_path)

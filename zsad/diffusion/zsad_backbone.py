@@ -6,6 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from zsad.diffusion.backbone import Backbone, eps_from_prediction
+from zsad.diffusion.fast import as_input
 from zsad.errors import BackboneLoadError
 
 EMA_PREFIX = "ema.ema_model.model."
@@ -25,7 +26,7 @@ class ZsadBackbone(Backbone):
         self.objective = objective
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self.unet(x_t, t)
+        out = self.unet(as_input(self, x_t), t).contiguous()
         if self.objective == "pred_noise":
             return out
         ab = self.alphas_cumprod[t].to(x_t.dtype).view(-1, 1, 1, 1)

@@ -46,6 +46,13 @@ def validate(cfg: DictConfig) -> None:
                          "detector.gmm.n_components", "detector.gmm.cv_folds", "detector.gmm.max_iter", "detector.kde.bandwidth"],
                    allow_zero=["bootstrap", "num_workers"])
     check_accelerator(cfg.trainer.accelerator)
+    precision = str(cfg.trainer.precision)
+    if precision not in ("32-true", "bf16-mixed", "16-mixed"):
+        raise ConfigError(f"trainer.precision={precision} is not one of 32-true, bf16-mixed, 16-mixed.")
+    if precision == "16-mixed" and extraction_device(cfg) != "cuda":
+        raise ConfigError("trainer.precision=16-mixed needs a CUDA GPU; on the CPU use 32-true or bf16-mixed.")
+    if cfg.trainer.compile not in (None, "default", "reduce-overhead", "max-autotune"):
+        raise ConfigError(f"trainer.compile={cfg.trainer.compile} is not one of null, default, reduce-overhead, max-autotune.")
     check_output_dir(cfg.output_dir)
     check_output_dir(cfg.cache_dir, "cache_dir")
     if str(cfg.fit_split) == str(cfg.eval_split):
@@ -118,7 +125,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     scorers = build_scorers(cfg)
     check_network_padding(scorers, int(cfg.batch_size), extraction_device(cfg))
-    backbone = load_backbone_from(cfg.backbone)
+    backbone = load_backbone_from(cfg.backbone, fast_path=bool(cfg.trainer.fast_path))
+    if cfg.trainer.compile:
+        backbone.unet = torch.compile(backbone.unet, mode=None if cfg.trainer.compile == "default" else str(cfg.trainer.compile), dynamic=False)
     image_size = int(cfg.image_size or backbone.image_size)
     rank0 = env_global_rank() == 0
     needed = [(a, cfg.fit_split) for a in cfg.id] + [(a, cfg.eval_split) for a in dict.fromkeys([*cfg.id, *cfg.ood])]
@@ -158,27 +167,38 @@ def _run(cfg, out: Path, scorers: list[Scorer], backbone, image_size: int, datas
     configure_precision(bool(cfg.trainer.allow_tf32))
     cache = FeatureCache(cfg.cache_dir)
     identity = backbone.identity
-    runtime = runtime_identity(extraction_device(cfg))
+    runtime = runtime_identity(extraction_device(cfg), str(cfg.trainer.precision), fast_path=getattr(backbone, "fast_path", None))
+    runtime["compile"] = cfg.trainer.compile
     trainer_kwargs = dict(
         accelerator=str(cfg.trainer.accelerator),
         devices=cfg.trainer.devices,
         num_nodes=int(cfg.trainer.num_nodes),
         strategy=str(cfg.trainer.strategy),
-        precision="32-true",
+        precision=str(cfg.trainer.precision),
         default_root_dir=str(out),
     )
     rank0 = env_global_rank() == 0
     t = time.time()
     features: dict[tuple[str, str, str], FeatureSet] = {}
-    extractions = {"computed": 0, "computed_images": 0, "cached": 0, "cached_images": 0}
-    for scorer in scorers:
+    extractions = {"computed": 0, "computed_images": 0, "cached": 0, "cached_images": 0, "derived": 0, "network_evaluations": 0}
+    sources = {s.name: next((o for o in scorers if s.derivable_from(o)), None) for s in scorers}
+    for scorer in sorted(scorers, key=lambda s: sources[s.name] is not None):  # sources first
+        source = sources[scorer.name]
         for alias, split in datasets:
+            if source is not None and (source.name, alias, split) in features:
+                # e.g. DiffPath-1D from DiffPath-6D's features: one inversion serves both
+                fs6 = features[(source.name, alias, split)]
+                features[(scorer.name, alias, split)] = FeatureSet(scorer.from_6d(fs6.features), fs6.indices, fs6.seeds, {**fs6.meta, "derived_from": source.name}, fs6.from_cache)
+                extractions["derived"] += 1
+                continue
             fs = extract_features(backbone, identity, scorer, datasets[(alias, split)], cache, int(cfg.seed), trainer_kwargs, int(cfg.batch_size), int(cfg.num_workers), runtime)
             if fs is not None:
                 features[(scorer.name, alias, split)] = fs
                 kind = "cached" if fs.from_cache else "computed"
                 extractions[kind] += 1
                 extractions[f"{kind}_images"] += len(fs.indices)
+                if not fs.from_cache:
+                    extractions["network_evaluations"] += len(fs.indices) * scorer.network_evaluations_per_image(backbone.num_timesteps)
     if not rank0:
         return {}
     stages["extraction"] = time.time() - t
@@ -302,6 +322,8 @@ def _annotate_detector(path: Path, scorer: Scorer, backbone, cfg, id_alias: str,
         "backbone": {**backbone.identity, "path": str(Path(settings["path"]).resolve()), "config": settings["config"]},
         "id_dataset": to_plain(cfg.datasets[id_alias]),
         "allow_tf32": bool(cfg.trainer.allow_tf32),
+        "precision": str(cfg.trainer.precision),
+        "fast_path": bool(cfg.trainer.fast_path),
     }
     meta_path.write_text(json.dumps(meta, indent=2, default=str))
 

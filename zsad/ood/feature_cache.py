@@ -44,8 +44,9 @@ class FeatureSet:
     from_cache: bool = False
 
 
-def runtime_identity(device: torch.device | str, precision: str = "32-true") -> dict:
-    """What changes ε̂ besides the weights: device kind (and GPU model), precision, TF32 flags."""
+def runtime_identity(device: torch.device | str, precision: str = "32-true", fast_path: Optional[dict] = None) -> dict:
+    """What changes ε̂ besides the weights: device kind (and GPU model), precision, TF32 flags, and the
+    kernels of the inference fast path (float rounding only, but features must be a pure function)."""
     device = torch.device(device)
     kind = device.type
     if kind == "cuda":
@@ -55,6 +56,7 @@ def runtime_identity(device: torch.device | str, precision: str = "32-true") -> 
         "precision": precision,
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
         "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+        "fast_path": fast_path or {},
     }
 
 

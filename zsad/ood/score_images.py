@@ -35,6 +35,12 @@ def detector_record(path: Path) -> dict:
     return record
 
 
+def autocast(device: torch.device, precision: str):
+    """The network precision the benchmark extracted with (Lightning's `precision`), outside Lightning."""
+    dtypes = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+    return torch.autocast(device.type, dtype=dtypes.get(precision, torch.float32), enabled=precision in dtypes)
+
+
 def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
@@ -67,7 +73,7 @@ def score_images(cfg: DictConfig, log=print) -> Path:
     configure_precision(bool(record.get("allow_tf32", False)))
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
     backbone = load_backbone(weights, format=recorded.get("format") or "auto", config=recorded.get("model_config") if recorded.get("format") == "improved-diffusion" else None,
-                             use_ema=bool(recorded.get("use_ema", True)), device=device)
+                             use_ema=bool(recorded.get("use_ema", True)), device=device, fast_path=bool(record.get("fast_path", True)))
     if backbone.fingerprint != recorded["sha256"]:
         raise ConfigError(
             f"{weights} is not the checkpoint this detector was fitted with (sha256 {backbone.fingerprint[:12]}… vs recorded "
@@ -81,7 +87,8 @@ def score_images(cfg: DictConfig, log=print) -> Path:
     with progress_bar(len(dataset), f"scoring {images_dir}") as bar:
         for images, indices in loader:
             ids = image_seeds(int(record["seed"]), images)
-            features = scorer(backbone, images, ids).numpy()
+            with autocast(device, str(record.get("precision", "32-true"))):
+                features = scorer(backbone, images, ids).numpy()
             scores = detector.score(features)
             if cfg.heatmaps:
                 with torch.no_grad():

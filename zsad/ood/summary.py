@@ -10,8 +10,9 @@ def format_summary(summary: dict, extra_stages: dict | None = None) -> str:
     lines = ["── summary " + "─" * 60]
     lines.append("stages:    " + " · ".join(f"{name} {sec:.1f} s" for name, sec in stages.items()) + f"  (total {total:.1f} s)")
     e = summary["extractions"]
-    lines.append(f"features:  {e['computed']} extraction(s) computed ({e['computed_images']} images), "
-                 f"{e['cached']} read from cache ({e['cached_images']} images) in {summary['cache_dir']}")
+    derived = f", {e['derived']} derived from another scorer's features" if e.get("derived") else ""
+    lines.append(f"features:  {e['computed']} extraction(s) computed ({e['computed_images']} images, {e.get('network_evaluations', 0):,} network "
+                 f"evaluations), {e['cached']} read from cache ({e['cached_images']} images){derived}; cache {summary['cache_dir']}")
     lines.append("detectors:")
     lines += [f"  {name:<28} {how}" for name, how in summary["detectors"].items()]
     out = summary["outputs"]

@@ -61,7 +61,8 @@ class FixedBatchEps:
         if pad:
             x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
             t = torch.cat([t, t.new_zeros(pad)])
-        out = [self.backbone.predict_eps(x[i : i + n], t[i : i + n]) for i in range(0, len(x), n)]
+        # float32 out whatever the network ran in (bf16/fp16 autocast): the scorers' maths stays float32
+        out = [self.backbone.predict_eps(x[i : i + n], t[i : i + n]).float() for i in range(0, len(x), n)]
         return torch.cat(out)[:rows]
 
 
@@ -99,6 +100,14 @@ class Scorer:
         opts.pop("network_batch")
         return {"name": self.name, **opts}
 
+    def network_evaluations_per_image(self, num_timesteps: int) -> int:
+        """Network evaluations (ε̂ calls) each image costs: one per kept step by default."""
+        return int(getattr(self, "steps", 1))
+
+    def derivable_from(self, other: "Scorer") -> bool:
+        """Whether this scorer's features can be computed from `other`'s without the network."""
+        return False
+
     def rows_per_call(self, batch: int) -> int:
         """Images per network call when `batch` images come in: one call per kept step by default."""
         return batch
@@ -111,7 +120,7 @@ class Scorer:
         """The backbone as this scorer calls it: fixed-size batches."""
         return FixedBatchEps(backbone, self.network_batch_for(backbone.alphas_cumprod.device))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, backbone: Backbone, images: torch.Tensor, ids: Optional[torch.Tensor | Sequence[int]] = None, seed: int = 0) -> torch.Tensor:
         """Features float64 [B, D] of preprocessed images [B, 3, S, S] in [-1, 1].
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from zsad.diffusion.backbone import Backbone
@@ -50,4 +51,15 @@ class DiffPath1D(DiffPath6D):
         return ["deps_dt_sq_sqrt"]
 
     def compute(self, backbone: Backbone, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return super().compute(backbone, images, ids)[:, 4:5].sqrt()
+        return self.from_6d(super().compute(backbone, images, ids))
+
+    @staticmethod
+    def from_6d(features_6d):
+        """sqrt(Σ dε²) from the 6-D features (torch or numpy): when both scorers run, one inversion serves both."""
+        if isinstance(features_6d, np.ndarray):  # torch's sqrt, not numpy's: they differ in the last bit
+            return DiffPath1D.from_6d(torch.from_numpy(features_6d)).numpy()
+        return features_6d[:, 4:5].sqrt()
+
+    def derivable_from(self, other: Scorer) -> bool:
+        """Whether `other`'s features contain these (a DiffPath-6D with the same inversion and call size)."""
+        return type(other) is DiffPath6D and (other.steps, other.clip_denoised, other.network_batch) == (self.steps, self.clip_denoised, self.network_batch)

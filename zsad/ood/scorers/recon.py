@@ -33,10 +33,17 @@ class Recon(Scorer):
     def feature_names(self) -> list[str]:
         return [f"{kind}@{f:g}" for f in self.levels for kind in ("mse", "dssim")]
 
-    def reconstruct(self, backbone: Backbone, x0: torch.Tensor, noise: torch.Tensor, level: float) -> torch.Tensor:
-        T, B = backbone.num_timesteps, x0.shape[0]
+    def timesteps(self, T: int, level: float) -> torch.Tensor:
+        """The DDIM timesteps of one level, from t_start = round(level·T) down to 0."""
         t_start = max(1, min(T - 1, round(level * T)))
-        ts = torch.linspace(t_start, 0, self.steps + 1).round().long().unique_consecutive()
+        return torch.linspace(t_start, 0, self.steps + 1).round().long().unique_consecutive()
+
+    def network_evaluations_per_image(self, num_timesteps: int) -> int:
+        return sum(len(self.timesteps(num_timesteps, level)) - 1 for level in self.levels)
+
+    def reconstruct(self, backbone: Backbone, x0: torch.Tensor, noise: torch.Tensor, level: float) -> torch.Tensor:
+        B = x0.shape[0]
+        ts = self.timesteps(backbone.num_timesteps, level)
         ab = backbone.alphas_cumprod.detach().cpu()
         # sqrt(ᾱ) and sqrt(1 − ᾱ) in float64, then cast: near t = 0, 1 − ᾱ in float32 loses ~1e-4 relative
         sa = lambda t: torch.tensor(float(ab[t].sqrt()), dtype=torch.float32, device=x0.device)  # noqa: E731

@@ -1,0 +1,117 @@
+"""`make bench-gpu`: network evaluations/s of the DiffPath CelebA-32 UNet (random weights, 32 px) on one
+GPU for batch sizes 256–2048 in fp32, TF32 and bf16, eager and compiled, with peak memory; then the
+whole extraction pipeline (data loading, seeds, scorer maths, cache writes) in images/s on generated
+images, against the bare network rate. Runs offline in a few minutes; writes outputs/bench/results_gpu.json.
+
+Usage: python bench/bench_gpu.py [--batches 256,512,1024,2048] [--no-compile] [--seconds 3] [--out …]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+PRECISIONS = {"fp32": (torch.float32, False), "tf32": (torch.float32, True), "bf16": (torch.bfloat16, False)}
+
+
+def _backbone(compile_mode: str | None):
+    from zsad.diffusion.fast import set_fast_path
+    from zsad.diffusion.improved_diffusion import PRESETS, ImprovedDiffusionBackbone
+
+    torch.manual_seed(0)
+    cfg = PRESETS["diffpath-celeba32"]
+    backbone = set_fast_path(ImprovedDiffusionBackbone(cfg.build().eval().requires_grad_(False), cfg, "bench").cuda())
+    if compile_mode:
+        backbone.unet = torch.compile(backbone.unet, mode=compile_mode, dynamic=False)
+    return backbone
+
+
+def network_rate(backbone, batch: int, precision: str, seconds: float) -> dict:
+    """Network evaluations/s of predict_eps at one batch size and precision (after warm-up)."""
+    dtype, tf32 = PRECISIONS[precision]
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    x = torch.randn(batch, 3, 32, 32, device="cuda")
+    t = torch.randint(0, 4000, (batch,), device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        for _ in range(3):  # warm-up (and compilation)
+            backbone.predict_eps(x, t)
+        torch.cuda.synchronize()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            backbone.predict_eps(x, t)
+            n += batch
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    return {"batch": batch, "precision": precision, "evals_per_s": n / elapsed, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def pipeline_rate(precision: str, images: int, batch: int) -> dict:
+    """`zsad evaluate`'s extraction (Lightning predict, loader, seeds, scorer, shard writes) on generated images."""
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from zsad.data.base import ArraySource, ImageDataset
+    from zsad.data.transforms import build_transform
+    from zsad.ood.extraction import extract_features
+    from zsad.ood.feature_cache import FeatureCache, runtime_identity
+    from zsad.ood.scorers import build_scorer
+
+    arr = np.random.default_rng(0).integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
+    dataset = ImageDataset("generated", "test", ArraySource(arr, "generated"), build_transform(32), {"image_size": 32})
+    backbone = _backbone(None)
+    scorer = build_scorer("diffpath_6d", steps=10, network_batch=batch)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    lightning_precision = {"fp32": "32-true", "tf32": "32-true", "bf16": "bf16-mixed"}[precision]
+    with tempfile.TemporaryDirectory() as cache:
+        kw = dict(seed=0, trainer_kwargs=dict(accelerator="gpu", devices=1, precision=lightning_precision), batch_size=batch, num_workers=8,
+                  runtime=runtime_identity("cuda", lightning_precision))
+        start = time.perf_counter()
+        extract_features(backbone, {"sha256": "bench"}, scorer, dataset, FeatureCache(cache), **kw)
+        elapsed = time.perf_counter() - start
+    return {"precision": precision, "images": images, "batch": batch, "images_per_s": images / elapsed, "evals_per_s": images * 10 / elapsed}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batches", default="256,512,1024,2048")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--pipeline-images", type=int, default=20480)
+    parser.add_argument("--out", default="outputs/bench/results_gpu.json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("make bench-gpu needs a CUDA GPU; none is visible here (torch.cuda.is_available() is False).", file=sys.stderr)
+        return 2
+    report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(), "network": [], "pipeline": []}
+    print(f"# zsad bench-gpu on {report['gpu']}, torch {report['torch']}: DiffPath CelebA-32 UNet (52.5M parameters), 32×32")
+    batches = [int(b) for b in args.batches.split(",")]
+    for compile_mode in ([None] if args.no_compile else [None, "max-autotune-no-cudagraphs", "reduce-overhead"]):
+        backbone = _backbone(compile_mode)
+        for precision in PRECISIONS:
+            for batch in batches:
+                r = {**network_rate(backbone, batch, precision, args.seconds), "compile": compile_mode}
+                report["network"].append(r)
+                print(f"network  compile={str(compile_mode):<27} {precision:<5} batch {batch:5d}: {r['evals_per_s']:9.0f} evals/s, peak {r['peak_memory_gib']:.1f} GiB", flush=True)
+        del backbone
+        torch.cuda.empty_cache()
+    for precision in ("fp32", "bf16"):
+        r = pipeline_rate(precision, args.pipeline_images, 1024)
+        report["pipeline"].append(r)
+        bare = max(x["evals_per_s"] for x in report["network"] if x["precision"] == precision and x["compile"] is None)
+        print(f"pipeline {precision:<5} batch 1024: {r['images_per_s']:8.0f} images/s = {r['evals_per_s']:9.0f} evals/s ({r['evals_per_s'] / bare:.0%} of the bare eager network)", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
