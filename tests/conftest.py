@@ -34,6 +34,27 @@ def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.
     return proc
 
 
+def run_inprocess(*args: str) -> subprocess.CompletedProcess:
+    """`zsad ARGS` in this process (for commands that fail before any work: seconds, not a fresh import)."""
+    import contextlib
+    import io
+
+    from zsad.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse: --help, --version, usage errors
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess(["zsad", *args], code, out.getvalue(), err.getvalue())
+
+
 SMOKE_TRAIN = ["train", "-c", "conf/train/smoke.yaml", "trainer.enable_progress_bar=false"]
 
 

@@ -12,7 +12,7 @@ import torch
 
 from omegaconf import OmegaConf
 
-from conftest import run_cli
+from conftest import run_cli, run_inprocess
 from zsad.utils.wandb_offline import find_offline_runs, read_offline_run
 
 SMOKE_EVAL = ["evaluate", "-c", "conf/eval/smoke.yaml"]
@@ -155,7 +155,7 @@ def test_evaluate_user_errors(smoke_checkpoint, tmp_path, overrides, message):
     import re
 
     args = [*SMOKE_EVAL, f"backbone.path={smoke_checkpoint}", f"output_dir={tmp_path}", "logger=none", *overrides]
-    proc = run_cli(*args, check=False)
+    proc = run_inprocess(*args)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert re.search(message, proc.stderr, re.S), proc.stderr[-2000:]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMOKE_TRAIN, run_cli
+from conftest import SMOKE_TRAIN, run_cli, run_inprocess
 
 SMOKE_EVAL = ["evaluate", "-c", "conf/eval/smoke.yaml"]
 
@@ -27,7 +27,7 @@ SMOKE_EVAL = ["evaluate", "-c", "conf/eval/smoke.yaml"]
 )
 def test_impossible_training_configs_fail_first_and_leave_nothing(tmp_path, overrides, message):
     out = tmp_path / "run"
-    proc = run_cli(*SMOKE_TRAIN, *overrides, f"output_dir={out}", check=False)  # W&B logger on: nothing may start
+    proc = run_inprocess(*SMOKE_TRAIN, *overrides, f"output_dir={out}")  # W&B logger on: nothing may start
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert re.search(message, proc.stderr), proc.stderr[-2000:]
     assert not out.exists(), "a failed validation must not create the output folder, a W&B run or a checkpoint"
@@ -36,7 +36,7 @@ def test_impossible_training_configs_fail_first_and_leave_nothing(tmp_path, over
 def test_output_path_that_is_a_file(tmp_path):
     target = tmp_path / "taken"
     target.write_text("not a folder")
-    proc = run_cli(*SMOKE_TRAIN, f"output_dir={target}", check=False)
+    proc = run_inprocess(*SMOKE_TRAIN, f"output_dir={target}")
     assert proc.returncode == 2 and "is an existing file, not a folder" in proc.stderr
     assert target.read_text() == "not a folder"
 
@@ -45,7 +45,7 @@ def test_yaml_syntax_error_names_the_file(tmp_path):
     bad = tmp_path / "conf" / "train" / "bad.yaml"
     bad.parent.mkdir(parents=True)
     bad.write_text("batch_size: 16\n  total_images: [1, 2\n")
-    proc = run_cli("train", "-c", str(bad), check=False)
+    proc = run_inprocess("train", "-c", str(bad))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{bad} is not valid YAML" in proc.stderr
 
@@ -56,7 +56,7 @@ def test_damaged_last_checkpoint_names_the_file_and_the_alternatives(tmp_path):
     ckpts.mkdir(parents=True)
     (ckpts / "last.ckpt").write_bytes(b"PK\x03\x04 truncated in the middle of a write")
     (ckpts / "step_0000010.ckpt").write_bytes(b"x")
-    proc = run_cli(*SMOKE_TRAIN, f"output_dir={out}", "logger=none", check=False)
+    proc = run_inprocess(*SMOKE_TRAIN, f"output_dir={out}", "logger=none")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert f"Cannot resume: {ckpts / 'last.ckpt'} is damaged" in proc.stderr
     assert "step_0000010.ckpt" in proc.stderr and "resume=" in proc.stderr
@@ -74,7 +74,7 @@ def test_damaged_last_checkpoint_names_the_file_and_the_alternatives(tmp_path):
 )
 def test_impossible_evaluation_configs_fail_first_and_leave_nothing(smoke_checkpoint, tmp_path, overrides, message):
     out = tmp_path / "eval"
-    proc = run_cli(*SMOKE_EVAL, f"backbone.path={smoke_checkpoint}", f"output_dir={out}", *overrides, check=False)
+    proc = run_inprocess(*SMOKE_EVAL, f"backbone.path={smoke_checkpoint}", f"output_dir={out}", *overrides)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert re.search(message, proc.stderr), proc.stderr[-2000:]
     assert not out.exists()
@@ -124,12 +124,12 @@ def test_full_disk_while_writing_a_cache_entry_or_results(tmp_path, monkeypatch)
 def test_cli_version_help_examples_and_score_without_config():
     from zsad import __version__
 
-    assert run_cli("--version").stdout.strip() == f"zsad {__version__}"
+    assert run_cli("--version").stdout.strip() == f"zsad {__version__}"  # once as a real process
     for command in ("train", "evaluate", "score", "demo", "dashboard"):
-        text = run_cli(command, "--help").stdout
+        text = run_inprocess(command, "--help").stdout
         assert "example: zsad " + command in text, command
         assert "--verbose" in text and "--quiet" in text, command
-    demo = run_cli("demo", "--help").stdout
+    demo = run_inprocess("demo", "--help").stdout
     assert "conf/demo" not in demo and "train.KEY=VALUE" in demo and "about 2 minutes" in demo
 
 

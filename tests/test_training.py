@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, SMOKE_TRAIN, ZSAD, cli_env, run_cli
+from conftest import REPO, SMOKE_TRAIN, ZSAD, cli_env, run_cli, run_inprocess
 from zsad.utils.wandb_offline import find_offline_runs, logged_keys, read_offline_run
 
 
@@ -130,7 +130,7 @@ def test_checkpoint_loads_weights_only_and_code_pickles_are_refused(smoke_checkp
 def test_user_errors_are_clear(tmp_path, overrides, message):
     import re
 
-    proc = run_cli(*SMOKE_TRAIN, *overrides, "logger=none", f"output_dir={tmp_path}", check=False)
+    proc = run_inprocess(*SMOKE_TRAIN, *overrides, "logger=none", f"output_dir={tmp_path}")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert re.search(message, proc.stderr, re.S), proc.stderr[-2000:]
