@@ -143,7 +143,7 @@ def test_interrupted_extraction_resumes(tmp_path, capsys):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["scorers=[{name: diffpath_v3}]"], "Unknown scorer 'diffpath_v3'.*Known scorers: diffpath_v2, diffpath_6d, diffpath_1d, recon"),
+        (["scorers=[{name: diffpath_v3}]"], "Unknown scorer 'diffpath_v3'.*Known scorers: diffpath_v2, diffpath_6d, diffpath_1d, recon, diffpath_fused, msma"),
         (["backbone.path=/nonexistent/model.ckpt"], "Checkpoint '/nonexistent/model.ckpt' does not exist"),
         (["datasets.digits.name=cifar10", "datasets.digits.root=/nonexistent"], r"cifar10 \(train\) not found under '/nonexistent'"),
         (["id=[celeba]"], "Dataset alias 'celeba' is used in id/ood but not defined"),

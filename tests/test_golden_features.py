@@ -23,6 +23,8 @@ OPTIONS = {
     "diffpath_6d": {"steps": 4},
     "diffpath_1d": {"steps": 4},
     "recon": {"levels": [0.1, 0.4], "steps": 3},
+    "diffpath_fused": {"steps": 4, "v2": {"trajectory": "ddim_inversion"}},
+    "msma": {"levels": 4},
 }
 
 

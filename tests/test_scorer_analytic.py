@@ -106,10 +106,15 @@ def reference_diffpath_v2(
     moments: str,
     clip_denoised: bool = True,
     mutation: str | None = None,
+    time_range: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features [B, 6], scale [B, 6]) in float64, from design.md §3.1, one image and step at a time."""
     K = steps
-    ts = ddim_timesteps(len(alphas_cumprod), K).tolist()
+    T = len(alphas_cumprod)
+    if time_range is None:
+        ts = ddim_timesteps(T, K).tolist()
+    else:  # K steps evenly spaced from first·(T−1) to last·(T−1), rounded to integers
+        ts = [round(time_range[0] * (T - 1) + k * (time_range[1] - time_range[0]) * (T - 1) / (K - 1)) for k in range(K)]
     noise = per_image_noise(ids, x0.shape[1:], 1 if shared_noise else K).to(torch.float64)
     feats, scales = [], []
     for i in range(len(x0)):
@@ -141,16 +146,22 @@ def reference_diffpath_v2(
         e = torch.cat(errors)  # [K, 3, H, W]
         if mutation == "error_sign_flipped":
             e = -e
-        if weighting == "ssim":
+        if weighting != "none":
             s = ssim_map(x.expand_as(e), torch.cat(x0_hats))
-            w = (1 - s) if mutation == "ssim_weight_without_half" else (1 - s) / 2
-            e = w.clamp(0, 1) * e
+            if weighting == "ssim":
+                w = ((1 - s) if mutation == "ssim_weight_without_half" else (1 - s) / 2).clamp(0, 1)
+            elif weighting == "one_minus_ssim":
+                w = (1 - s).clamp(0, 2)
+            else:  # amplify: the plain error plus the dissimilarity-weighted error
+                w = 1 + (1 - s).clamp(min=0)
+            e = w * e
         factor = 1 if mutation == "no_K_factor" else K
         d = factor * (e[1:] - e[:-1])
         signed = [e.sum(), (e**2).sum(), (e**3).sum(), d.sum(), (d**2).sum(), (d**3).sum()]
         absolute = [e.abs().sum(), (e**2).sum(), (e.abs() ** 3).sum(), d.abs().sum(), (d**2).sum(), (d.abs() ** 3).sum()]
-        feats.append(torch.stack(signed if moments == "signed" else absolute))
-        scales.append(torch.stack(absolute))
+        norms = [absolute[0], absolute[1].sqrt(), absolute[2] ** (1 / 3), absolute[3], absolute[4].sqrt(), absolute[5] ** (1 / 3)]
+        feats.append(torch.stack({"signed": signed, "abs": absolute, "norms": norms}[moments]))
+        scales.append(torch.stack(norms if moments == "norms" else absolute))
     return torch.stack(feats), torch.stack(scales)
 
 
@@ -336,3 +347,43 @@ def test_recon_mutation_is_detected(images, mutation):
     wrong, wrong_scale = reference_recon(images, IDS, levels, steps, mutation=mutation)
     assert_matches(ours, ref, scale, RTOL)
     assert deviation(ours, wrong, wrong_scale) > MUTATION_FACTOR * RTOL, f"{mutation} is not told apart"
+
+
+NEW_OPTION_CASES = [
+    dict(trajectory="forward", weighting="one_minus_ssim", moments="signed"),
+    dict(trajectory="forward", weighting="amplify", moments="abs"),
+    dict(trajectory="forward", weighting="ssim", moments="norms"),
+    dict(trajectory="forward", weighting="none", moments="norms", time_range=[0.05, 0.7]),
+    dict(trajectory="ddim_inversion", weighting="amplify", moments="norms"),
+]
+
+
+@pytest.mark.parametrize("case", NEW_OPTION_CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_diffpath_v2_open_choices_match_reference(images, case):
+    """The weightings 1−S and 1+(1−S), the norm features and a custom time range, against the float64 reference."""
+    options = dict(steps=5, shared_noise=True, **case)
+    ours = diffpath_v2(AnalyticBackbone(), images, **options)
+    ref, scale = reference_diffpath_v2(images, IDS, COSINE, **options)
+    rtol = RTOL_INVERSION_COSINE if case["trajectory"] == "ddim_inversion" else RTOL
+    assert_matches(ours, ref, scale, rtol)
+
+
+def test_amplify_is_never_below_the_plain_error(images):
+    """e ⊙ (1 + (1 − S)): every |weighted error| ≥ |plain error|, so Σ|ẽ| ≥ Σ|e| image by image."""
+    plain = diffpath_v2(AnalyticBackbone(), images, steps=5, weighting="none", moments="abs")
+    amplified = diffpath_v2(AnalyticBackbone(), images, steps=5, weighting="amplify", moments="abs")
+    assert (amplified[:, 0] >= plain[:, 0]).all() and (amplified[:, 2] >= plain[:, 2]).all()
+
+
+def test_msma_matches_a_hand_computation(images):
+    levels, T = 4, 1000
+    ours = zsad.build_scorer("msma", levels=levels, time_range=[0.1, 0.7], network_batch=4)(AnalyticBackbone(), images, IDS)
+    ts = [round(0.1 * (T - 1) + j * 0.6 * (T - 1) / (levels - 1)) for j in range(levels)]
+    eps = per_image_noise(IDS, images.shape[1:], 1)[:, 0].to(torch.float64)
+    ref = torch.empty(len(images), levels, dtype=torch.float64)
+    for i in range(len(images)):
+        for j, t in enumerate(ts):
+            ab = float(COSINE[t])
+            x_t = math.sqrt(ab) * images[i : i + 1].to(torch.float64) + math.sqrt(1 - ab) * eps[i : i + 1]
+            ref[i, j] = analytic_eps(x_t, torch.tensor([t])).pow(2).sum().sqrt()
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)

@@ -16,6 +16,8 @@ FAST = {
     "diffpath_6d": {"steps": 4},
     "diffpath_1d": {"steps": 4},
     "recon": {"levels": [0.2, 0.5], "steps": 3},
+    "diffpath_fused": {"steps": 4},
+    "msma": {"levels": 3},
 }
 
 
@@ -111,7 +113,7 @@ def test_non_finite_features_name_the_images():
 
 
 def test_unknown_scorer_and_option():
-    with pytest.raises(UnknownNameError, match="Known scorers: diffpath_v2, diffpath_6d, diffpath_1d, recon"):
+    with pytest.raises(UnknownNameError, match="Known scorers: diffpath_v2, diffpath_6d, diffpath_1d, recon, diffpath_fused, msma"):
         zsad.build_scorer("diffpath_v3")
     with pytest.raises(ConfigError, match="no option.*stepz.*Valid options"):
         zsad.build_scorer("diffpath_v2", stepz=3)
@@ -126,3 +128,32 @@ def test_diffpath_1d_from_6d_equals_a_separate_extraction(backbone, images):
     f1, f6 = one(backbone, images, seed=0), six(backbone, images, seed=0)
     assert torch.equal(one.from_6d(f6), f1)
     assert (one.from_6d(f6.numpy()) == f1.numpy()).all(), "the numpy path (cached features) is bit-identical too"
+
+
+@pytest.mark.parametrize("v2", [{}, {"trajectory": "ddim_inversion", "weighting": "none", "moments": "norms"}])
+def test_diffpath_fused_is_the_concatenation_bit_for_bit(backbone, images, v2):
+    fused = zsad.build_scorer("diffpath_fused", steps=4, network_batch=4, v2=v2)
+    six = zsad.build_scorer("diffpath_6d", steps=4, network_batch=4)
+    two = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4, **v2)
+    got = fused(backbone, images[:5], seed=0)
+    assert got.shape == (5, 12) and fused.feature_names[0] == "6d_eps_sum" and fused.feature_names[6].startswith("v2_err")
+    assert torch.equal(got, torch.cat([six(backbone, images[:5], seed=0), two(backbone, images[:5], seed=0)], dim=1))
+    assert fused.network_evaluations_per_image(1000) == (4 if v2 else 8), "a shared inversion costs K evaluations, not 2K"
+
+
+@pytest.mark.parametrize("option", [{"weighting": "one_minus_ssim"}, {"weighting": "amplify"}, {"moments": "norms"}, {"time_range": [0.1, 0.6]}])
+def test_every_diffpath_v2_option_changes_the_features(backbone, images, option):
+    base = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4)(backbone, images[:4], seed=0)
+    other = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4, **option)(backbone, images[:4], seed=0)
+    assert torch.isfinite(other).all() and not torch.allclose(base, other)
+
+
+def test_new_option_values_are_checked():
+    with pytest.raises(ConfigError, match="weighting='ssim2'"):
+        zsad.build_scorer("diffpath_v2", weighting="ssim2")
+    with pytest.raises(ConfigError, match="time_range"):
+        zsad.build_scorer("diffpath_v2", time_range=[0.8, 0.2])
+    with pytest.raises(ConfigError, match="v2 has no option"):
+        zsad.build_scorer("diffpath_fused", v2={"stepz": 3})
+    with pytest.raises(ConfigError, match="msma"):
+        zsad.build_scorer("msma", levels=0)

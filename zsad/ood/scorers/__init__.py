@@ -9,9 +9,10 @@ from zsad.errors import ConfigError, UnknownNameError
 from zsad.ood.scorers.base import Scorer, image_seeds, padding_share, per_image_noise, pixel_digest
 from zsad.ood.scorers.diffpath import DiffPath1D, DiffPath6D, diffpath_statistics
 from zsad.ood.scorers.diffpath_v2 import DiffPathV2
+from zsad.ood.scorers.fused import MSMA, DiffPathFused
 from zsad.ood.scorers.recon import Recon
 
-SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (DiffPathV2, DiffPath6D, DiffPath1D, Recon)}
+SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (DiffPathV2, DiffPath6D, DiffPath1D, Recon, DiffPathFused, MSMA)}
 
 
 def build_scorer(name: str, **options) -> Scorer:

@@ -153,3 +153,15 @@ def moments(x: torch.Tensor, d: torch.Tensor, absolute: bool = False) -> torch.T
     else:
         cols = [x.sum(1), (x * x).sum(1), (x**3).sum(1), d.sum(1), (d * d).sum(1), (d**3).sum(1)]
     return torch.stack(cols, dim=1)
+
+
+MOMENT_KINDS = ("signed", "abs", "norms")
+
+
+def moment_features(x: torch.Tensor, d: torch.Tensor, kind: str = "signed") -> torch.Tensor:
+    """6 features of a path x [B, K, …] and its time derivative d, per `kind`:
+    signed [Σx, Σx², Σx³, Σd, Σd², Σd³]; abs [Σ|x|, Σx², Σ|x|³, …]; norms [Σ|x|, (Σx²)^½, (Σ|x|³)^⅓, …]."""
+    if kind == "norms":
+        m = moments(x, d, absolute=True)
+        return torch.stack([m[:, 0], m[:, 1].sqrt(), m[:, 2] ** (1 / 3), m[:, 3], m[:, 4].sqrt(), m[:, 5] ** (1 / 3)], dim=1)
+    return moments(x, d, absolute=kind == "abs")

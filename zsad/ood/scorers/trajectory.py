@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 
 from zsad.diffusion.backbone import Backbone
 from zsad.diffusion.schedule import ddim_timesteps
+from zsad.errors import ConfigError
 
 
 @dataclass
@@ -26,16 +28,28 @@ class Inversion:
     timesteps: torch.Tensor
 
 
-def spaced_alphas_cumprod(backbone: Backbone, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def kept_timesteps(num_timesteps: int, steps: int, time_range: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """`ddimK` spacing (docs/method.md §2), or `steps` evenly spaced timesteps from time_range[0]·(T−1)
+    to time_range[1]·(T−1) (fractions of the schedule), rounded; strictly increasing, int64."""
+    if time_range is None:
+        return ddim_timesteps(num_timesteps, steps)
+    first, last = (float(v) for v in time_range)
+    ts = torch.linspace(first * (num_timesteps - 1), last * (num_timesteps - 1), steps, dtype=torch.float64).round().long()
+    if len(ts.unique()) != steps:
+        raise ConfigError(f"time_range {list(time_range)} holds fewer than {steps} distinct timesteps of {num_timesteps}; widen it or use fewer steps.")
+    return ts
+
+
+def spaced_alphas_cumprod(backbone: Backbone, steps: int, time_range: Optional[Sequence[float]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept timesteps, their float64 ᾱ). ᾱ'_k = ᾱ[t_k] (respacing rebuilds exactly these products)."""
-    ts = ddim_timesteps(backbone.num_timesteps, steps)
+    ts = kept_timesteps(backbone.num_timesteps, steps, time_range)
     return ts, backbone.alphas_cumprod.detach().cpu()[ts]
 
 
-def ddim_invert(backbone: Backbone, x0: torch.Tensor, steps: int, clip_denoised: bool = True) -> Inversion:
+def ddim_invert(backbone: Backbone, x0: torch.Tensor, steps: int, clip_denoised: bool = True, time_range: Optional[Sequence[float]] = None) -> Inversion:
     """improved-diffusion's `ddim_reverse_sample_loop` (spec §5): float64 coefficients cast to float32,
     ᾱ'_next of the last step = 0, so the final state equals the last ε."""
-    ts, ab = spaced_alphas_cumprod(backbone, steps)
+    ts, ab = spaced_alphas_cumprod(backbone, steps, time_range)
     ab_next = torch.cat([ab[1:], torch.zeros(1, dtype=torch.float64)])
     sqrt_recip = torch.sqrt(1.0 / ab)
     sqrt_recipm1 = torch.sqrt(1.0 / ab - 1.0)
