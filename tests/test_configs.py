@@ -11,7 +11,7 @@ from conftest import REPO
 from zsad.config import ConfigError, load_config
 from zsad.config import schema as S
 
-TOP_LEVEL = {"train": S.TrainConfig, "eval": S.EvalConfig, "score": S.ScoreConfig}
+TOP_LEVEL = {"train": S.TrainConfig, "eval": S.EvalConfig, "score": S.ScoreConfig, "ablate": S.AblateConfig}
 PIECES = {"data": S.DataConfig, "model": S.ModelConfig, "trainer": S.TrainerConfig, "logger": S.LoggerConfig}
 
 

@@ -266,3 +266,28 @@ def test_fit_test_duplicates_are_counted_and_too_many_refused():
     seeds[8:11] = fit.seeds[:3]  # 4 of 200 = 2%: an error
     with pytest.raises(DataLeakageError, match="4 of 200 ID-test images.*exact duplicates.*img7.png = img42.png"):
         check_duplicates("x", src, fit, src, FeatureSet(clean.features, clean.indices, seeds, {}))
+
+
+def test_ablate_writes_one_table_and_reuses_the_cache(smoke_checkpoint, tmp_path):
+    """A sweep over two listed settings and a 2-value grid on the smoke benchmark; the rerun extracts nothing."""
+    cfg = tmp_path / "conf" / "ablate" / "sweep.yaml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(
+        "benchmark: conf/eval/smoke.yaml\n"
+        f"overrides: ['backbone.path={smoke_checkpoint}', 'id=[digits]', 'ood=[digits,noise]', 'far_pairs=[[digits, noise]]', 'max_fit_images=24', 'max_eval_images=12']\n"
+        "scorer: diffpath_v2\n"
+        "settings:\n  - {label: default, options: {steps: 4}}\n  - {label: no weighting, options: {steps: 4, weighting: none}}\n"
+        "grid: {moments: [abs, norms]}\nbase_options: {steps: 4}\n"
+        f"output_dir: {tmp_path / 'out'}\ncache_dir: {tmp_path / 'cache'}\nbootstrap: 20\n"
+    )
+    first = run_cli("ablate", "-c", str(cfg))
+    table = json.loads((tmp_path / "out" / "ablation.json").read_text())
+    assert [r["setting"] for r in table["rows"]] == ["default", "no weighting", "moments=abs", "moments=norms"]
+    assert table["pairs"] == ["digits→noise"]
+    row = table["rows"][0]
+    lo, hi = row["mean_all_ci"]
+    assert 0 <= lo <= row["mean_all"] <= hi <= 1 and row["mean_far"] == row["digits→noise"]
+    assert (tmp_path / "out" / "ablation.png").is_file() and "| default |" in (tmp_path / "out" / "ablation.md").read_text()
+    assert first.stdout.count("[extract]") == 4 * 3  # one extraction per setting and split (digits train, digits test, noise test)
+    again = run_cli("ablate", "-c", str(cfg))
+    assert "[extract]" not in again.stdout and "0 extraction(s) computed" in again.stdout

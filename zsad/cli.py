@@ -58,6 +58,17 @@ def _cmd_score(args) -> int:
     return 0
 
 
+def _cmd_ablate(args) -> int:
+    from zsad.config import load_config
+    from zsad.config.schema import AblateConfig
+    from zsad.ood.ablate import ablate
+
+    result = ablate(load_config(args.config, args.overrides, AblateConfig))
+    print(result["table_markdown"])
+    print(f"ablation table, plot and per-setting results in {result['output_dir']}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from zsad.demo import run_demo
 
@@ -81,6 +92,7 @@ def _version() -> str:
 COMMANDS = {
     "train": ("train the base diffusion model", "zsad train -c conf/train/celeba32.yaml data.root=data/celeba trainer.devices=4"),
     "evaluate": ("run a zero-shot OOD benchmark", "zsad evaluate -c conf/eval/paper12.yaml backbone.path=outputs/train/celeba32/checkpoints/last.ckpt"),
+    "ablate": ("run a benchmark for many settings of one scorer: one table, one plot", "zsad ablate -c conf/ablate/demo_v2.yaml"),
 }
 
 
@@ -99,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example: {example}", parents=[common])
         p.add_argument("-c", "--config", required=True, help="YAML config (see conf/)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
-        p.set_defaults(func={"train": _cmd_train, "evaluate": _cmd_evaluate}[name])
+        p.set_defaults(func={"train": _cmd_train, "evaluate": _cmd_evaluate, "ablate": _cmd_ablate}[name])
     p = sub.add_parser(
         "score", help="score a folder of images with a fitted detector", parents=[common],
         description="Per-image anomaly scores for every image under DIR, computed exactly as the benchmark that fitted "

@@ -220,3 +220,25 @@ class ScoreConfig:
     heatmaps: bool = False  # diffpath_v2 only: per-pixel weighted-error maps as PNG
     heatmap_dir: Optional[str] = None  # default: heatmaps/ beside the CSV (never inside the input folder)
     device: str = "auto"
+
+
+@dataclass
+class SettingSpec:
+    label: Optional[str] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AblateConfig:
+    """`zsad ablate`: one benchmark (an eval config), many settings of one scorer."""
+
+    benchmark: str = "conf/eval/demo.yaml"  # the eval config whose datasets, pairs and detector are used
+    overrides: List[str] = field(default_factory=list)  # key=value overrides of the benchmark
+    scorer: str = "diffpath_v2"
+    settings: List[SettingSpec] = field(default_factory=list)  # explicit option sets (label + options)
+    grid: Dict[str, List[Any]] = field(default_factory=dict)  # option -> values; every combination runs
+    base_options: Dict[str, Any] = field(default_factory=dict)  # options shared by the grid's settings
+    output_dir: str = "outputs/ablate"
+    cache_dir: str = "outputs/feature_cache"
+    bootstrap: int = 200  # resamples for the intervals of the mean AUROC; 0 disables
+    seed: int = 0
