@@ -21,10 +21,11 @@ from zsad.utils.console import say
 
 def sweep_settings(cfg: DictConfig) -> list[tuple[str, dict]]:
     """(label, scorer options) for every setting: the listed ones, then the grid's product."""
-    settings = [(str(s.get("label") or _label(s.options)), dict(s.options)) for s in (cfg.settings or [])]
-    grid = {k: list(v) for k, v in (cfg.grid or {}).items()}
+    plain = OmegaConf.to_container(cfg, resolve=True)  # nested lists (time_range) as plain data
+    settings = [(str(s.get("label") or _label(s["options"])), dict(s["options"])) for s in (plain["settings"] or [])]
+    grid = {k: list(v) for k, v in (plain["grid"] or {}).items()}
     for combo in itertools.product(*grid.values()) if grid else []:
-        options = {**dict(cfg.base_options or {}), **dict(zip(grid, combo))}
+        options = {**dict(plain["base_options"] or {}), **dict(zip(grid, combo))}
         settings.append((_label(dict(zip(grid, combo))), options))
     if not settings:
         raise ConfigError("The sweep is empty: list `settings` (label + options) or a `grid` of option values.")
