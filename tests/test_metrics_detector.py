@@ -182,3 +182,15 @@ def test_grid_selection_on_a_subsample_refits_on_everything():
     a, b = GMMDetector(**kw).fit(small), GMMDetector(grid_max_samples=None, **kw).fit(small)
     assert a.best_params_ == b.best_params_ and a.cv_results_ == b.cv_results_
     assert np.array_equal(a.score(x), b.score(x))
+
+
+def test_bootstrap_interval_of_the_mean_auroc_over_pairs():
+    from zsad.ood.metrics import bootstrap_mean_auroc
+
+    rng = np.random.default_rng(11)
+    pairs = [(rng.normal(50, 5, 200), rng.normal(60, 5, 150)), (rng.normal(0, 1, 120), rng.normal(0.5, 1, 90))]
+    true = np.mean([roc_auc_score(np.r_[np.zeros(len(i)), np.ones(len(o))], np.r_[i, o]) for i, o in pairs])
+    lo, hi = bootstrap_mean_auroc(pairs, n_boot=200, seed=0)
+    assert lo <= true <= hi and hi - lo < 0.1
+    shifted = [(i + 1e6, o + 1e6) for i, o in pairs]
+    assert bootstrap_mean_auroc(shifted, n_boot=200, seed=0) == (lo, hi), "ranks: offsets change nothing"

@@ -16,6 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from zsad.errors import ConfigError
+from zsad.ood.metrics import bootstrap_mean_auroc
 from zsad.utils.console import say
 
 
@@ -37,30 +38,6 @@ def sweep_settings(cfg: DictConfig) -> list[tuple[str, dict]]:
 
 def _label(options: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in options.items()) or "defaults"
-
-
-def bootstrap_mean_auroc(score_files: list[Path], n_boot: int, seed: int) -> tuple[float, float]:
-    """95% interval of the mean AUROC over pairs: every resample redraws each pair's ID and OOD images."""
-    import torch
-    from torchmetrics.functional.classification import binary_auroc
-
-    from zsad.ood.metrics import _float64, _labelled  # the one place scores become ranks
-
-    rng = np.random.default_rng(seed)
-    pairs = []
-    for f in score_files:
-        with np.load(f) as d:
-            ranks, labels = _labelled(d["id_scores"], d["ood_scores"])
-            n_id = int((labels == 0).sum())
-            pairs.append((ranks[:n_id].numpy(), ranks[n_id:].numpy(), labels))
-    means = np.empty(n_boot)
-    with _float64():
-        for b in range(n_boot):
-            values = [float(binary_auroc(torch.from_numpy(np.concatenate([i[rng.integers(0, len(i), len(i))], o[rng.integers(0, len(o), len(o))]])), y, validate_args=False))
-                      for i, o, y in pairs]
-            means[b] = np.mean(values)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return float(lo), float(hi)
 
 
 def ablate(cfg: DictConfig) -> dict[str, Any]:
@@ -91,7 +68,7 @@ def ablate(cfg: DictConfig) -> dict[str, Any]:
             files = [Path(result["output_dir"]) / "scores" / str(cfg.scorer) / f"{r['id']}_vs_{r['ood']}.npz"
                      for r in result["rows"] if group == "all" or r["shift"] == group]
             if files and cfg.bootstrap:
-                row[f"mean_{group}_ci"] = bootstrap_mean_auroc(files, int(cfg.bootstrap), int(cfg.seed))
+                row[f"mean_{group}_ci"] = bootstrap_mean_auroc([_scores(f) for f in files], int(cfg.bootstrap), seed=int(cfg.seed))
         rows.append(row)
     pairs = [k for k in rows[0] if "→" in k]
     write_ablation(out, rows, pairs)
@@ -99,6 +76,11 @@ def ablate(cfg: DictConfig) -> dict[str, Any]:
     say(f"[ablate] {len(settings)} settings, {extracted} extraction(s) computed; table {out / 'ablation.md'}")
     return {"rows": rows, "pairs": pairs, "extractions_run": extracted, "output_dir": str(out), "plot": str(plot),
             "table_markdown": (out / "ablation.md").read_text()}
+
+
+def _scores(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as d:
+        return d["id_scores"], d["ood_scores"]
 
 
 def _safe(label: str) -> str:

@@ -118,3 +118,23 @@ def bootstrap_auroc_ci(
     alpha = (1 - level) / 2
     lo, hi = np.quantile(values, [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+def bootstrap_mean_auroc(pairs: Sequence[tuple[ArrayLike, ArrayLike]], n_boot: int = 200, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the mean AUROC over (ID scores, OOD scores) pairs: every resample redraws
+    each pair's ID and OOD sets (stratified), on ranks as above."""
+    ranked = []
+    for id_scores, ood_scores in pairs:
+        ranks, labels = _labelled(id_scores, ood_scores)
+        n_id = int((labels == 0).sum())
+        ranked.append((ranks[:n_id].numpy(), ranks[n_id:].numpy(), labels))
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    with _float64():
+        for b in range(n_boot):
+            values = [float(binary_auroc(torch.from_numpy(np.concatenate([i[rng.integers(0, len(i), len(i))], o[rng.integers(0, len(o), len(o))]])), y, validate_args=False))
+                      for i, o, y in ranked]
+            means[b] = np.mean(values)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi)

@@ -11,7 +11,7 @@ from kornia.metrics import ssim
 from zsad.diffusion.backbone import Backbone
 from zsad.errors import ConfigError
 from zsad.ood.scorers.base import MOMENT_KINDS, Scorer, moment_features, per_image_noise
-from zsad.ood.scorers.trajectory import ddim_invert, spaced_alphas_cumprod
+from zsad.ood.scorers.trajectory import ddim_invert, forward_noised, kept_timesteps, spaced_alphas_cumprod
 
 
 def ssim_map(x0: torch.Tensor, x0_hat: torch.Tensor, window: int = 11) -> torch.Tensor:
@@ -76,12 +76,10 @@ class DiffPathV2(Scorer):
         """The weighted errors ẽ as [B, K, 3, H, W] (also used for per-pixel heat maps)."""
         B, K = x0.shape[0], self.steps
         if self.trajectory == "forward":
-            ts, ab = spaced_alphas_cumprod(backbone, K, self.time_range)
+            ts = kept_timesteps(backbone.num_timesteps, K, self.time_range)
             noise = per_image_noise(ids, x0.shape[1:], 1 if self.shared_noise else K).to(x0.device)
             noise = noise.expand(B, K, *x0.shape[1:])
-            sa = ab.sqrt().to(torch.float32).view(1, K, 1, 1, 1).to(x0.device)
-            s1a = (1 - ab).sqrt().to(torch.float32).view(1, K, 1, 1, 1).to(x0.device)
-            x_t = sa * x0.unsqueeze(1) + s1a * noise  # [B, K, ...]; all K network calls are independent
+            x_t, sa, s1a = forward_noised(backbone, x0, ts, noise)  # [B, K, ...]; all K network calls are independent
             t = ts.to(x0.device).repeat(B)
             eps_hat = backbone.predict_eps(x_t.flatten(0, 1), t).view_as(x_t)
             err = eps_hat - noise

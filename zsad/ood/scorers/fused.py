@@ -16,7 +16,7 @@ from zsad.errors import ConfigError
 from zsad.ood.scorers.base import Scorer, per_image_noise
 from zsad.ood.scorers.diffpath import DiffPath6D, diffpath_statistics
 from zsad.ood.scorers.diffpath_v2 import DiffPathV2
-from zsad.ood.scorers.trajectory import ddim_invert, kept_timesteps
+from zsad.ood.scorers.trajectory import ddim_invert, forward_noised, kept_timesteps
 
 
 @dataclass
@@ -96,10 +96,7 @@ class MSMA(Scorer):
     def compute(self, backbone: Backbone, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         B, L = images.shape[0], self.levels
         ts = self.timesteps(backbone.num_timesteps)
-        ab = backbone.alphas_cumprod.detach().cpu()[ts]
-        sa = ab.sqrt().to(torch.float32).view(1, L, 1, 1, 1).to(images.device)
-        s1a = (1 - ab).sqrt().to(torch.float32).view(1, L, 1, 1, 1).to(images.device)
         noise = per_image_noise(ids, images.shape[1:], 1).to(images.device).expand(B, L, *images.shape[1:])
-        x_t = sa * images.unsqueeze(1) + s1a * noise
+        x_t, _, _ = forward_noised(backbone, images, ts, noise)
         eps = backbone.predict_eps(x_t.flatten(0, 1), ts.to(images.device).repeat(B)).view_as(x_t)
         return eps.to(torch.float64).flatten(2).norm(dim=2)

@@ -46,6 +46,16 @@ def spaced_alphas_cumprod(backbone: Backbone, steps: int, time_range: Optional[S
     return ts, backbone.alphas_cumprod.detach().cpu()[ts]
 
 
+def forward_noised(backbone: Backbone, x0: torch.Tensor, ts: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x_t = sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·ε for every kept t at once: (x_t [B, K, …], sqrt(ᾱ), sqrt(1−ᾱ)),
+    the square roots taken in float64 and cast; `noise` is [B, K, …] (or broadcastable)."""
+    K = len(ts)
+    ab = backbone.alphas_cumprod.detach().cpu()[ts]
+    sa = ab.sqrt().to(torch.float32).view(1, K, 1, 1, 1).to(x0.device)
+    s1a = (1 - ab).sqrt().to(torch.float32).view(1, K, 1, 1, 1).to(x0.device)
+    return sa * x0.unsqueeze(1) + s1a * noise, sa, s1a
+
+
 def ddim_invert(backbone: Backbone, x0: torch.Tensor, steps: int, clip_denoised: bool = True, time_range: Optional[Sequence[float]] = None) -> Inversion:
     """improved-diffusion's `ddim_reverse_sample_loop` (spec §5): float64 coefficients cast to float32,
     ᾱ'_next of the last step = 0, so the final state equals the last ε."""
