@@ -104,23 +104,12 @@ def bootstrap_auroc_ci(
     The ranks are taken once over all scores: a rank map is order-preserving on every resample, so
     each resample's AUROC equals sklearn's on its raw scores, and the interval does not move with an
     offset or scale of the scores."""
-    ranks, labels = _labelled(id_scores, ood_scores)
-    n_id = int((labels == 0).sum())
-    r_id, r_ood = ranks[:n_id].numpy(), ranks[n_id:].numpy()
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_boot)
-    with _float64():
-        for b in range(n_boot):
-            sample = np.concatenate([r_id[rng.integers(0, len(r_id), len(r_id))], r_ood[rng.integers(0, len(r_ood), len(r_ood))]])
-            values[b] = float(binary_auroc(torch.from_numpy(sample), labels, validate_args=False))
-            if progress is not None:
-                progress(1)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(values, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    return bootstrap_mean_auroc([(id_scores, ood_scores)], n_boot, level, seed, progress)  # the mean of one pair
 
 
-def bootstrap_mean_auroc(pairs: Sequence[tuple[ArrayLike, ArrayLike]], n_boot: int = 200, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_mean_auroc(
+    pairs: Sequence[tuple[ArrayLike, ArrayLike]], n_boot: int = 200, level: float = 0.95, seed: int = 0, progress=None
+) -> tuple[float, float]:
     """Percentile interval of the mean AUROC over (ID scores, OOD scores) pairs: every resample redraws
     each pair's ID and OOD sets (stratified), on ranks as above."""
     ranked = []
@@ -135,6 +124,8 @@ def bootstrap_mean_auroc(pairs: Sequence[tuple[ArrayLike, ArrayLike]], n_boot: i
             values = [float(binary_auroc(torch.from_numpy(np.concatenate([i[rng.integers(0, len(i), len(i))], o[rng.integers(0, len(o), len(o))]])), y, validate_args=False))
                       for i, o, y in ranked]
             means[b] = np.mean(values)
+            if progress is not None:
+                progress(1)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return float(lo), float(hi)
