@@ -29,6 +29,34 @@ def test_builtin_sets_are_deterministic_and_split(name):
     assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
 
 
+def test_block_crops_of_the_two_splits_never_share_a_pixel():
+    """Each 4×4 block of the source has its own grey level: a crop that stays inside one block is flat
+    at that level, and the fit (train) levels and the test levels are disjoint."""
+    from zsad.data.package_images import GRID, block_crops
+
+    levels = (np.arange(GRID * GRID).reshape(GRID, GRID) * 15 + 10).astype(np.uint8)
+    source = np.kron(levels, np.ones((40, 40), np.uint8))  # 160×160, blocks of 40 px
+    rng = np.random.default_rng(0)
+    seen = {}
+    for split in ("train", "test"):
+        crops = block_crops([source], 300, rng, split, size=16, min_side=8, max_side=64)
+        assert crops.shape == (300, 16, 16, 1)
+        assert all(c.min() == c.max() for c in crops), "a crop left its block"
+        seen[split] = {int(c[0, 0, 0]) for c in crops}
+    train_levels = {int(levels[i, j]) for i in range(GRID) for j in range(GRID) if (i + j) % 2 == 0}
+    assert seen["train"] == train_levels and seen["test"] == set(levels.flat) - train_levels
+
+
+@pytest.mark.parametrize("name", ["photos", "scenes", "materials", "cells", "documents", "space", "faces"])
+def test_package_image_sets_share_no_image_between_splits(name):
+    fit, test = make_builtin(name, "train", 300), make_builtin(name, "test", 300)
+    hashes = lambda a: {x.tobytes() for x in a}  # noqa: E731
+    assert not hashes(fit) & hashes(test)
+    assert fit.std() > 10 and test.std() > 10  # real content, not blank crops
+    if name == "faces":  # 60 fit faces and 40 test faces, each also mirrored
+        assert (len(fit), len(test)) == (120, 80) and len(hashes(fit)) == 120
+
+
 def _write_celeba(root, layout: str, n: int = 6):
     img_dir = root / "img_align_celeba" / ("img_align_celeba" if layout == "kaggle" else "")
     img_dir.mkdir(parents=True)

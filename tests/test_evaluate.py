@@ -291,3 +291,33 @@ def test_ablate_writes_one_table_and_reuses_the_cache(smoke_checkpoint, tmp_path
     assert first.stdout.count("[extract]") == 4 * 3  # one extraction per setting and split (digits train, digits test, noise test)
     again = run_cli("ablate", "-c", str(cfg))
     assert "[extract]" not in again.stdout and "0 extraction(s) computed" in again.stdout
+
+
+def test_ablate_rows_of_other_scorers_and_the_wandb_run(smoke_checkpoint, tmp_path):
+    """A setting may name another scorer (baselines in the same table); the table goes to one W&B run,
+    read back from the offline run's files."""
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(
+        "benchmark: conf/eval/smoke.yaml\n"
+        f"overrides: ['backbone.path={smoke_checkpoint}', 'id=[digits]', 'ood=[digits,noise]', 'far_pairs=[[digits, noise]]', 'max_fit_images=24', 'max_eval_images=12']\n"
+        "scorer: diffpath_v2\n"
+        "settings:\n  - {label: v2, options: {steps: 4}}\n  - {label: six, scorer: diffpath_6d, options: {steps: 4}}\n"
+        f"output_dir: {tmp_path / 'out'}\ncache_dir: {tmp_path / 'cache'}\nbootstrap: 0\nlogger: {{kind: wandb}}\n"
+    )
+    run_cli("ablate", "-c", str(cfg))
+    table = json.loads((tmp_path / "out" / "ablation.json").read_text())
+    assert [(r["setting"], r["scorer"]) for r in table["rows"]] == [("v2", "diffpath_v2"), ("six", "diffpath_6d")]
+    six = json.loads((tmp_path / "out" / "settings" / "six" / "results.json").read_text())
+    assert table["rows"][1]["digits→noise"] == next(r["auroc"] for r in six["rows"] if r["ood"] == "noise")
+    runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    run = read_offline_run(runs[0])
+    assert run["summary"]["ablate/six/mean_far"] == table["rows"][1]["mean_far"] and run["exit_code"] == 0
+    logged = run["history"][0]
+    assert logged["ablate/table"]["_type"] == "table-file" and logged["ablate/plot"]["_type"] == "image-file"
+    assert logged["ablate/table"]["nrows"] == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(cfg.read_text().replace("scorer: diffpath_6d", "scorer: diffpath_9d").replace(str(tmp_path / "out"), str(tmp_path / "out2")))
+    res = run_cli("ablate", "-c", str(bad), check=False)
+    assert res.returncode != 0 and "diffpath_9d" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "out2").exists()

@@ -226,6 +226,7 @@ class ScoreConfig:
 class SettingSpec:
     label: Optional[str] = None
     options: Dict[str, Any] = field(default_factory=dict)
+    scorer: Optional[str] = None  # another scorer in the same table (e.g. the baselines); the sweep's when unset
 
 
 @dataclass
@@ -242,3 +243,4 @@ class AblateConfig:
     cache_dir: str = "outputs/feature_cache"
     bootstrap: int = 200  # resamples for the intervals of the mean AUROC; 0 disables
     seed: int = 0
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # one run with the table and the plot

@@ -4,8 +4,9 @@ Every set is deterministic from (name, split, seed); `train` and `test` are draw
 Sources and licences:
 * `digits`: scikit-learn's copy of the UCI Optical Recognition of Handwritten Digits test set
   (1,797 real 8×8 digits written by 43 people; CC BY 4.0). Split 2:1 by a fixed permutation.
-* `photos`: random crops of scikit-learn's two bundled sample photographs (`china.jpg`,
-  `flower.jpg`, from Flickr under CC BY 2.0, as scikit-learn's documentation states).
+* `photos`, `scenes`, `materials`, `cells`, `documents`, `space`, `faces`: real photographs that
+  scikit-learn and scikit-image ship, cropped so that the splits never share a pixel
+  (`zsad/data/package_images.py`, with sources and licences).
 * `shapes`, `gradients`, `clouds`, `gratings`, `noise`: generated here (no licence needed).
 """
 
@@ -16,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
+from zsad.data.package_images import PACKAGE_SETS
 from zsad.errors import ConfigError, UnknownNameError
 
 NATIVE_SIZE = 32
@@ -110,31 +112,14 @@ def make_digits(split: str, seed: int) -> np.ndarray:
     return (images[chosen] * (255.0 / 16.0)).round().astype(np.uint8)[..., None]
 
 
-def make_photos(n: int, rng: np.random.Generator, size: int = NATIVE_SIZE) -> np.ndarray:
-    """Random square crops (24–128 px) of scikit-learn's two sample photographs."""
-    from sklearn.datasets import load_sample_images
-
-    photos = load_sample_images().images
-    out = np.empty((n, size, size, 3), np.uint8)
-    for i in range(n):
-        photo = photos[int(rng.integers(0, len(photos)))]
-        side = int(rng.integers(24, 129))
-        y = int(rng.integers(0, photo.shape[0] - side + 1))
-        x = int(rng.integers(0, photo.shape[1] - side + 1))
-        crop = Image.fromarray(photo[y : y + side, x : x + side])
-        out[i] = np.asarray(crop.resize((size, size), Image.BILINEAR))
-    return out
-
-
 GENERATED: dict[str, Callable[..., np.ndarray]] = {
     "shapes": make_shapes,
     "gradients": make_gradients,
     "clouds": make_clouds,
     "gratings": make_gratings,
     "noise": make_noise,
-    "photos": make_photos,
 }
-BUILTIN_NAMES = tuple(sorted([*GENERATED, "digits"]))
+BUILTIN_NAMES = tuple(sorted([*GENERATED, *PACKAGE_SETS, "digits"]))
 
 
 def make_builtin(name: str, split: str, count: int | None = None, seed: int = 0) -> np.ndarray:
@@ -144,7 +129,9 @@ def make_builtin(name: str, split: str, count: int | None = None, seed: int = 0)
     if name == "digits":
         images = make_digits(split, seed)
         return images if count is None else images[:count]
-    if name not in GENERATED:
+    if name not in GENERATED and name not in PACKAGE_SETS:
         raise UnknownNameError(f"Unknown built-in set '{name}'. Known: {', '.join(BUILTIN_NAMES)}.")
     n = DEFAULT_COUNT[split] if count is None else int(count)
+    if name in PACKAGE_SETS:
+        return PACKAGE_SETS[name](n, _rng(name, split, seed), split, NATIVE_SIZE)
     return GENERATED[name](n, _rng(name, split, seed))

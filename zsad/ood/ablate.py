@@ -1,5 +1,5 @@
-"""`zsad ablate`: one benchmark, many settings of one scorer → one table (a row per setting, a column
-per pair, mean near / far / all AUROC with a bootstrap interval of the mean), a plot, CSV/Markdown/JSON.
+"""`zsad ablate`: one benchmark, many settings of one scorer (other scorers as extra rows) → one table
+(a row per setting, a column per pair, mean near / far / all AUROC with a bootstrap interval of the mean), a plot, CSV/Markdown/JSON.
 
 Each setting runs as a `zsad evaluate` into `<output_dir>/settings/<label>/` on one shared feature
 cache, so a sweep costs one extraction per distinct setting and dataset, and a rerun extracts nothing."""
@@ -17,20 +17,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from zsad.errors import ConfigError
 from zsad.ood.metrics import bootstrap_mean_auroc
+from zsad.ood.scorers import build_scorer
 from zsad.utils.console import say
 
 
-def sweep_settings(cfg: DictConfig) -> list[tuple[str, dict]]:
-    """(label, scorer options) for every setting: the listed ones, then the grid's product."""
+def sweep_settings(cfg: DictConfig) -> list[tuple[str, str, dict]]:
+    """(label, scorer, options) for every setting: the listed ones, then the grid's product (of `scorer`)."""
     plain = OmegaConf.to_container(cfg, resolve=True)  # nested lists (time_range) as plain data
-    settings = [(str(s.get("label") or _label(s["options"])), dict(s["options"])) for s in (plain["settings"] or [])]
+    settings = [(str(s.get("label") or _label(s["options"])), str(s.get("scorer") or plain["scorer"]), dict(s["options"]))
+                for s in (plain["settings"] or [])]
     grid = {k: list(v) for k, v in (plain["grid"] or {}).items()}
     for combo in itertools.product(*grid.values()) if grid else []:
         options = {**dict(plain["base_options"] or {}), **dict(zip(grid, combo))}
-        settings.append((_label(dict(zip(grid, combo))), options))
+        settings.append((_label(dict(zip(grid, combo))), str(plain["scorer"]), options))
     if not settings:
         raise ConfigError("The sweep is empty: list `settings` (label + options) or a `grid` of option values.")
-    labels = [label for label, _ in settings]
+    labels = [label for label, _, _ in settings]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"Setting labels must be unique; got {labels}.")
     return settings
@@ -52,20 +54,22 @@ def ablate(cfg: DictConfig) -> dict[str, Any]:
     base = load_config(cfg.benchmark, base_overrides, EvalConfig)  # a broken benchmark config fails before anything runs
     if not OmegaConf.is_missing(base.backbone, "path"):  # resolved now: it may be relative to the benchmark's output_dir
         base_overrides.append(f"backbone.path={base.backbone.path}")
+    for _, scorer, options in settings:  # an unknown scorer or option fails before anything runs
+        build_scorer(scorer, **options)
     rows, extracted = [], 0
-    for i, (label, options) in enumerate(settings, 1):
-        say(f"[ablate {i}/{len(settings)}] {cfg.scorer} {label}")
-        spec = json.dumps([{"name": str(cfg.scorer), "options": options}])
+    for i, (label, scorer, options) in enumerate(settings, 1):
+        say(f"[ablate {i}/{len(settings)}] {scorer} {label}")
+        spec = json.dumps([{"name": scorer, "options": options}])
         run_cfg = load_config(cfg.benchmark, [*base_overrides, f"scorers={spec}", f"output_dir={out / 'settings' / _safe(label)}"], EvalConfig)
         result = evaluate(run_cfg)
         extracted += result["timing"]["extractions_run"]
-        row: dict[str, Any] = {"setting": label, "options": options}
+        row: dict[str, Any] = {"setting": label, "scorer": scorer, "options": options}
         for r in result["rows"]:
             row[f"{r['id']}→{r['ood']}"] = r["auroc"]
         for m in result["means"]:
             row[f"mean_{m['ood']}"] = m["auroc"]
         for group in ("near", "far", "all"):
-            files = [Path(result["output_dir"]) / "scores" / str(cfg.scorer) / f"{r['id']}_vs_{r['ood']}.npz"
+            files = [Path(result["output_dir"]) / "scores" / scorer / f"{r['id']}_vs_{r['ood']}.npz"
                      for r in result["rows"] if group == "all" or r["shift"] == group]
             if files and cfg.bootstrap:
                 row[f"mean_{group}_ci"] = bootstrap_mean_auroc([_scores(f) for f in files], int(cfg.bootstrap), seed=int(cfg.seed))
@@ -73,9 +77,41 @@ def ablate(cfg: DictConfig) -> dict[str, Any]:
     pairs = [k for k in rows[0] if "→" in k]
     write_ablation(out, rows, pairs)
     plot = plot_ablation(out / "ablation.png", rows, pairs, str(cfg.scorer))
+    wandb = log_ablation(cfg, out, rows, pairs, plot)
     say(f"[ablate] {len(settings)} settings, {extracted} extraction(s) computed; table {out / 'ablation.md'}")
+    if wandb and wandb.get("sync"):
+        say(f"[ablate] W&B run (offline): {wandb['sync']}")
     return {"rows": rows, "pairs": pairs, "extractions_run": extracted, "output_dir": str(out), "plot": str(plot),
-            "table_markdown": (out / "ablation.md").read_text()}
+            "table_markdown": (out / "ablation.md").read_text(), "wandb": wandb}
+
+
+def log_ablation(cfg: DictConfig, out: Path, rows: list[dict], pairs: list[str], plot: Path) -> dict | None:
+    """One run (job_type `ablate`) holding the table, the plot and each setting's mean AUROCs."""
+    from zsad.ood.benchmark import wandb_run_info
+    from zsad.utils.loggers import build_logger, close_loggers
+
+    loggers = build_logger(cfg.logger, out, OmegaConf.to_container(cfg, resolve=True), job_type="ablate")
+    failed = True
+    try:
+        for logger in loggers:
+            groups = [g for g in ("near", "far", "all") if f"mean_{g}" in rows[0]]
+            scalars = {f"ablate/{r['setting']}/mean_{g}": r[f"mean_{g}"] for r in rows for g in groups}
+            if type(logger).__name__ != "WandbLogger":
+                logger.log_metrics(scalars, step=0)
+                logger.save()
+                continue
+            import wandb
+
+            columns = ["setting", "scorer", *pairs, *[f"mean_{g}" for g in groups]]
+            table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+            run = logger.experiment
+            run.log({"ablate/table": table, "ablate/plot": wandb.Image(str(plot)), **scalars})
+            for k, v in scalars.items():
+                run.summary[k] = v
+        failed = False
+        return wandb_run_info(loggers)
+    finally:
+        close_loggers(loggers, failed=failed)
 
 
 def _scores(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +126,7 @@ def _safe(label: str) -> str:
 def write_ablation(out: Path, rows: list[dict], pairs: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     groups = [g for g in ("near", "far", "all") if f"mean_{g}" in rows[0]]
-    fields = ["setting", *pairs, *[f"mean_{g}" for g in groups]]
+    fields = ["setting", "scorer", *pairs, *[f"mean_{g}" for g in groups]]
     with open(out / "ablation.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(fields + [f"mean_{g}_ci" for g in groups])
@@ -98,10 +134,10 @@ def write_ablation(out: Path, rows: list[dict], pairs: list[str]) -> None:
             w.writerow([r.get(k) for k in fields] + [r.get(f"mean_{g}_ci") for g in groups])
     fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
     ci = lambda r, g: f" [{r[f'mean_{g}_ci'][0]:.3f}, {r[f'mean_{g}_ci'][1]:.3f}]" if r.get(f"mean_{g}_ci") else ""  # noqa: E731
-    head = ["setting", *pairs, *[f"mean {g}" for g in groups]]
+    head = ["setting", "scorer", *pairs, *[f"mean {g}" for g in groups]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join([r["setting"], *[fmt(r.get(p)) for p in pairs], *[f"**{fmt(r[f'mean_{g}'])}**{ci(r, g)}" for g in groups]]) + " |")
+        lines.append("| " + " | ".join([r["setting"], r["scorer"], *[fmt(r.get(p)) for p in pairs], *[f"**{fmt(r[f'mean_{g}'])}**{ci(r, g)}" for g in groups]]) + " |")
     lines += ["", "AUROC (OOD positive) per ID→OOD pair; mean rows with a 95% bootstrap interval of the mean (every pair's ID and OOD images redrawn)."]
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     (out / "ablation.json").write_text(json.dumps({"pairs": pairs, "rows": rows}, indent=2, default=str))
