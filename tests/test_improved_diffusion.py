@@ -190,3 +190,23 @@ def test_fast_path_equals_the_plain_path_within_fixture_tolerances(x0):
     torch.testing.assert_close(stats["fast"], stats["plain"], rtol=1e-4, atol=0)
     set_fast_path(fast, sdpa=False, channels_last=False)  # switching back gives the plain kernels exactly
     assert torch.equal(zsad.build_scorer("diffpath_6d", steps=10, network_batch=4)(fast, x0, seed=0), stats["plain"])
+
+
+def test_inference_blocks_write_in_place_bit_for_bit_and_attention_uses_the_fused_kernel(x0):
+    """Without autograd, ResBlock/AttentionBlock reuse their own buffers (same operations, same order):
+    the plain kernels give the autograd path's output exactly; the fast path calls PyTorch's fused CPU
+    attention kernel, not the math fallback (which 3-D or strided inputs silently select)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    plain = zsad.load_backbone(F / "small_state_dict.pt", format="improved-diffusion", config=F / "small_config.json", fast_path=False)
+    t = torch.full((4,), 1200)
+    with torch.inference_mode():
+        in_place = plain.predict_eps(x0, t)
+    with torch.enable_grad():
+        autograd = plain.predict_eps(x0.clone().requires_grad_(True), t)
+    assert torch.equal(in_place, autograd.detach())
+    fast = zsad.load_backbone(F / "small_state_dict.pt", format="improved-diffusion", config=F / "small_config.json")
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        fast.predict_eps(x0, t)
+    ops = {e.key for e in prof.key_averages()}
+    assert any("flash_attention" in op for op in ops) and "aten::bmm" not in ops, sorted(ops)

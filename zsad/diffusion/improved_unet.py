@@ -43,6 +43,8 @@ class ResBlock(nn.Module):
         self.skip_connection = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return self._forward_inplace(x, emb)
         h = self.in_layers(x)
         e = self.emb_layers(emb).type(h.dtype)[..., None, None]
         if self.scale_shift:
@@ -52,6 +54,21 @@ class ResBlock(nn.Module):
         else:
             h = self.out_layers(h + e)
         return self.skip_connection(x) + h
+
+    def _forward_inplace(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The same operations in the same order, bit for bit, but SiLU, scale-shift and the residual
+        write into tensors this block owns: fewer activation-sized allocations per call (inference only)."""
+        norm_in, _, conv_in = self.in_layers
+        h = conv_in(F.silu(norm_in(x), inplace=True))
+        e = self.emb_layers(emb).type(h.dtype)[..., None, None]
+        norm_out, _, dropout, conv_out = self.out_layers
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = norm_out(h).mul_(1 + scale).add_(shift)
+        else:
+            h = norm_out(h.add_(e))
+        h = conv_out(dropout(F.silu(h, inplace=True)))
+        return h.add_(self.skip_connection(x))
 
 
 class AttentionBlock(nn.Module):
@@ -73,8 +90,11 @@ class AttentionBlock(nn.Module):
         d = c // self.num_heads
         q, k, v = qkv.reshape(b * self.num_heads, 3 * d, length).split(d, dim=1)
         if self.use_sdpa:  # softmax(qᵀk/√d)·v in one fused kernel (its default scale is 1/√d, as below)
-            a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-            return (x + self.proj_out(a.reshape(b, c, length))).reshape(b, c, *spatial)
+            # (batch, heads, length, d), contiguous: the fused CPU kernel needs 4-D inputs with unit last stride (else: math path)
+            q, k, v = (z.reshape(b, self.num_heads, d, length).transpose(-1, -2).contiguous() for z in (q, k, v))
+            a = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2)
+            out = self.proj_out(a.reshape(b, c, length))
+            return (out.add_(x) if not torch.is_grad_enabled() else x + out).reshape(b, c, *spatial)
         scale = 1 / math.sqrt(math.sqrt(d))
         w = torch.einsum("bct,bcs->bts", q * scale, k * scale)
         w = torch.softmax(w.float(), dim=-1).type(w.dtype)
