@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-slurm train-celeba eval-all eval-published demo ablate bench bench-gpu clean
+.PHONY: help install test test-slow test-slurm train-celeba eval-all eval-published demo ablate real32 bench bench-gpu clean
 
 help: $(BIN)/zsad ## list the targets (installs .venv first if missing)
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ demo: $(BIN)/zsad ## train + evaluate end to end on built-in data, CPU, a few mi
 
 ablate: $(BIN)/zsad ## one table for many settings of a scorer (CONFIG=conf/ablate/demo_v2.yaml)
 	$(BIN)/zsad ablate -c $(or $(CONFIG),conf/ablate/demo_v2.yaml) $(ARGS)
+
+real32: $(BIN)/zsad ## the 32 px real-image benchmark: train ~1 h on CPU, evaluate, ablate (experiments/real32/)
+	bash experiments/real32/run.sh
 
 bench: $(BIN)/zsad ## CPU speed: scorer images/s before/after the fast path, GMM selection time (outputs/bench/)
 	$(BIN)/python bench/bench_scorers.py $(ARGS)

@@ -61,6 +61,8 @@ def setup_console(level: int | None = None) -> None:
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system but is not used.*")
+        # A resumed run writes into its own checkpoint folder on purpose (last.ckpt and step_*.ckpt live there).
+        warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
 
 
 def say(message: str, level: int = 1) -> None:
