@@ -32,7 +32,7 @@ def auroc_changes(reference: Path, other: Path) -> dict:
         s = out.setdefault(r["scorer"], {"pairs": {}, "near": [], "far": []})
         delta = o["auroc"] - r["auroc"]
         s["pairs"][f"{r['id']}→{r['ood']}"] = delta
-        s[r["shift"]].append(delta)
+        s[r["shift"] or "near"].append(delta)  # a benchmark without far_pairs: every pair counts as near
     for s in out.values():
         deltas = list(s["pairs"].values())
         s["max_abs_delta"] = max(abs(d) for d in deltas)
@@ -84,11 +84,11 @@ def main() -> None:
     out = args.out or Path("outputs/bench") / f"precision_{args.precision}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
+    fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
     for name, s in result["auroc_change"].items():
         dev = result["max_relative_feature_deviation"].get(name)
-        print(f"{name:>12}: max |ΔAUROC| {s['max_abs_delta']:.4f}, mean Δ near {s['mean_near_delta']:+.4f}, "
-              f"far {s['mean_far_delta'] if s['mean_far_delta'] is None else format(s['mean_far_delta'], '+.4f')}, "
-              f"max rel. feature deviation {dev:.1e}")
+        print(f"{name:>12}: max |ΔAUROC| {s['max_abs_delta']:.4f}, mean Δ near {fmt(s['mean_near_delta'], '+.4f')}, "
+              f"far {fmt(s['mean_far_delta'], '+.4f')}, max rel. feature deviation {fmt(dev, '.1e')}")
     print(f"written to {out}")
 
 

@@ -39,7 +39,7 @@ def test_block_crops_of_the_two_splits_never_share_a_pixel():
     rng = np.random.default_rng(0)
     seen = {}
     for split in ("train", "test"):
-        crops = block_crops([source], 300, rng, split, size=16, min_side=8, max_side=64)
+        crops = block_crops([source], 300, rng, split, size=16, min_side=8, max_side=64, mode="L")
         assert crops.shape == (300, 16, 16, 1)
         assert all(c.min() == c.max() for c in crops), "a crop left its block"
         seen[split] = {int(c[0, 0, 0]) for c in crops}
@@ -47,14 +47,55 @@ def test_block_crops_of_the_two_splits_never_share_a_pixel():
     assert seen["train"] == train_levels and seen["test"] == set(levels.flat) - train_levels
 
 
+def _level_coded(shape: tuple) -> np.ndarray:
+    """A stand-in photograph whose 4×4 blocks are flat at levels 10, 25, …, 235 (block k = i·4 + j);
+    the strips a 4×4 grid leaves over are 255, which no crop may touch."""
+    from zsad.data.package_images import GRID
+
+    h, w = shape[:2]
+    img = np.full((h, w), 255, np.uint8)
+    bh, bw = h // GRID, w // GRID
+    for i in range(GRID):
+        for j in range(GRID):
+            img[i * bh : (i + 1) * bh, j * bw : (j + 1) * bw] = 10 + 15 * (i * GRID + j)
+    return img if len(shape) == 2 else np.repeat(img[..., None], shape[2], axis=2)
+
+
+@pytest.mark.parametrize("name", ["photos", "scenes", "materials", "cells", "documents", "space"])
+def test_real_photograph_sets_take_each_split_from_its_own_blocks(name, monkeypatch):
+    """The real sets' sources replaced by level-coded images of the same shapes: every crop must be flat at
+    the level of a block of its own split's parity, so fit and test crops can never share a pixel."""
+    import sklearn.datasets
+    import skimage.data
+
+    from zsad.data import package_images
+
+    class Coded:
+        def __getattr__(self, attr):
+            real = getattr(skimage.data, attr)
+            return lambda: (lambda out: [_level_coded(o.shape) for o in out] if isinstance(out, tuple) else _level_coded(out.shape))(real())
+
+    monkeypatch.setattr(package_images, "_skimage", lambda: Coded())
+    real_photos = sklearn.datasets.load_sample_images
+    monkeypatch.setattr(sklearn.datasets, "load_sample_images",
+                        lambda: type("Bunch", (), {"images": [_level_coded(i.shape) for i in real_photos().images]})())
+    parity = {"train": {10 + 15 * k for k in range(16) if (k // 4 + k % 4) % 2 == 0}}
+    parity["test"] = {10 + 15 * k for k in range(16)} - parity["train"]
+    for split in ("train", "test"):
+        crops = make_builtin(name, split, 200)
+        assert all(c.min() == c.max() for c in crops), "a crop left its block"
+        assert {int(c.flat[0]) for c in crops} <= parity[split]
+
+
 @pytest.mark.parametrize("name", ["photos", "scenes", "materials", "cells", "documents", "space", "faces"])
-def test_package_image_sets_share_no_image_between_splits(name):
+def test_package_image_sets_are_real_and_share_no_image_between_splits(name):
     fit, test = make_builtin(name, "train", 300), make_builtin(name, "test", 300)
     hashes = lambda a: {x.tobytes() for x in a}  # noqa: E731
     assert not hashes(fit) & hashes(test)
     assert fit.std() > 10 and test.std() > 10  # real content, not blank crops
-    if name == "faces":  # 60 fit faces and 40 test faces, each also mirrored
-        assert (len(fit), len(test)) == (120, 80) and len(hashes(fit)) == 120
+    if name == "faces":  # 60 fit faces and their mirrors; 40 other test faces, no mirrors
+        assert (len(fit), len(test)) == (120, 80 // 2) and len(hashes(fit)) == 120
+        assert not hashes(fit[:, :, ::-1]) & hashes(test)
 
 
 def _write_celeba(root, layout: str, n: int = 6):

@@ -210,3 +210,24 @@ def test_inference_blocks_write_in_place_bit_for_bit_and_attention_uses_the_fuse
         fast.predict_eps(x0, t)
     ops = {e.key for e in prof.key_averages()}
     assert any("flash_attention" in op for op in ops) and "aten::bmm" not in ops, sorted(ops)
+
+
+@pytest.mark.parametrize("scale_shift,c_in,c_out", [(True, 32, 32), (False, 32, 32), (False, 32, 64), (True, 64, 32)])
+def test_resblock_in_place_branches_equal_the_autograd_path(scale_shift, c_in, c_out):
+    """Every branch of the in-place ResBlock (scale-shift or additive embedding, identity or 1×1 skip),
+    bit for bit, and the block's input is left as it was."""
+    from zsad.diffusion.improved_unet import ResBlock
+
+    torch.manual_seed(0)
+    block = ResBlock(c_in, c_out, emb_dim=16, dropout=0.0, scale_shift=scale_shift).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.2)
+    x, emb = torch.randn(3, c_in, 8, 8), torch.randn(3, 16)
+    before = x.clone()
+    with torch.inference_mode():
+        in_place = block(x, emb)
+    assert torch.equal(x, before)
+    with torch.enable_grad():
+        autograd = block(x.clone().requires_grad_(True), emb)
+    assert torch.equal(in_place, autograd.detach())

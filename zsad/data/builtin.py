@@ -1,6 +1,7 @@
 """Offline datasets made from nothing but this package and scikit-learn's bundled files.
 
-Every set is deterministic from (name, split, seed); `train` and `test` are drawn independently.
+Every set is deterministic from (name, split, seed). Generated sets draw `train` and `test`
+independently; sets cut from real photographs take the two splits from disjoint parts of them.
 Sources and licences:
 * `digits`: scikit-learn's copy of the UCI Optical Recognition of Handwritten Digits test set
   (1,797 real 8×8 digits written by 43 people; CC BY 4.0). Split 2:1 by a fixed permutation.

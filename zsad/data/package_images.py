@@ -36,15 +36,16 @@ def _skimage():
 
 
 def block_crops(sources: list[np.ndarray], n: int, rng: np.random.Generator, split: str, size: int,
-                min_side: int = 24, max_side: int = 128, flip: bool = False) -> np.ndarray:
+                min_side: int = 24, max_side: int = 128, flip: bool = False, mode: str = "RGB") -> np.ndarray:
     """`n` square crops resized to `size`, each inside one checkerboard block of one source
-    (`train`: blocks with even i+j, `test`: odd), of side uniform in [min_side, min(max_side, block)]."""
+    (`train`: blocks with even i+j, `test`: odd), of side uniform in [min_side, min(max_side, block)];
+    `mode` "L" (greyscale, N×size×size×1) or "RGB" (N×size×size×3), whatever the sources are."""
     parity = {"train": 0, "test": 1}[split]
     blocks = []
     for s, img in enumerate(sources):
         bh, bw = img.shape[0] // GRID, img.shape[1] // GRID
         blocks += [(s, i * bh, j * bw, bh, bw) for i in range(GRID) for j in range(GRID) if (i + j) % 2 == parity]
-    channels = 1 if sources[0].ndim == 2 else 3
+    channels = 1 if mode == "L" else 3
     out = np.empty((n, size, size, channels), np.uint8)
     for k in range(n):
         s, y0, x0, bh, bw = blocks[int(rng.integers(len(blocks)))]
@@ -52,7 +53,7 @@ def block_crops(sources: list[np.ndarray], n: int, rng: np.random.Generator, spl
         side = int(rng.integers(min(min_side, hi), hi + 1))
         y = y0 + int(rng.integers(0, bh - side + 1))
         x = x0 + int(rng.integers(0, bw - side + 1))
-        crop = Image.fromarray(sources[s][y : y + side, x : x + side])
+        crop = Image.fromarray(sources[s][y : y + side, x : x + side]).convert(mode)
         crop = crop.resize((size, size), Image.BILINEAR)
         if flip and rng.uniform() < 0.5:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
@@ -101,13 +102,12 @@ FACES_FIT = 60  # LFW subset: faces 0–59 are the fit split, 60–99 the test s
 
 
 def make_faces(n: int, rng: np.random.Generator, split: str, size: int) -> np.ndarray:
-    """The 100 LFW faces of scikit-image's `lfw_subset` (25×25 greyscale), each also mirrored, cycled to `n`
-    in a seeded order; split by face so that a photograph and its mirror stay on one side."""
+    """The 100 LFW faces of scikit-image's `lfw_subset` (25×25 greyscale) in a seeded order, split by face:
+    fit = faces 0–59 and their mirror images (120), test = faces 60–99 as they are (40; no mirrors, so
+    test images are independent). A `count` above that gives what exists: there are no more faces."""
     faces = _skimage().lfw_subset()[:100]
-    chosen = faces[:FACES_FIT] if split == "train" else faces[FACES_FIT:]
-    both = np.concatenate([chosen, chosen[:, :, ::-1]])
-    both = both[rng.permutation(len(both))]
-    picked = both[:n]  # at most 120 fit / 80 test images
+    chosen = np.concatenate([faces[:FACES_FIT], faces[:FACES_FIT, :, ::-1]]) if split == "train" else faces[FACES_FIT:]
+    picked = chosen[rng.permutation(len(chosen))][:n]
     out = np.empty((len(picked), size, size, 1), np.uint8)
     for k, face in enumerate(picked):
         img = Image.fromarray((face * 255).round().astype(np.uint8), "L").resize((size, size), Image.BILINEAR)
@@ -118,10 +118,10 @@ def make_faces(n: int, rng: np.random.Generator, split: str, size: int) -> np.nd
 # name → make(n, rng, split, size); the photos set is the demo's, the others are new with the 32 px benchmark.
 PACKAGE_SETS: dict[str, Callable[..., np.ndarray]] = {
     "photos": _cropped(_sklearn_photos),
-    "scenes": _cropped(_scenes, min_side=32, max_side=256, flip=True),
-    "materials": _cropped(_materials),
+    "scenes": _cropped(_scenes, min_side=32, flip=True),
+    "materials": _cropped(_materials, mode="L"),
     "cells": _cropped(_cells),
-    "documents": _cropped(_documents),
+    "documents": _cropped(_documents, mode="L"),
     "space": _cropped(_space),
     "faces": make_faces,
 }

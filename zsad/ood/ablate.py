@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from zsad.errors import ConfigError
 from zsad.ood.metrics import bootstrap_mean_auroc
-from zsad.ood.scorers import build_scorer
 from zsad.utils.console import say
 
 
@@ -46,7 +46,7 @@ def ablate(cfg: DictConfig) -> dict[str, Any]:
     """Run every setting of the sweep on the benchmark; write the table and the plot; return them."""
     from zsad.config import load_config
     from zsad.config.schema import EvalConfig
-    from zsad.ood.benchmark import evaluate
+    from zsad.ood.benchmark import build_scorers, check_network_padding, evaluate, extraction_device, validate
 
     out = Path(cfg.output_dir)
     settings = sweep_settings(cfg)
@@ -54,13 +54,18 @@ def ablate(cfg: DictConfig) -> dict[str, Any]:
     base = load_config(cfg.benchmark, base_overrides, EvalConfig)  # a broken benchmark config fails before anything runs
     if not OmegaConf.is_missing(base.backbone, "path"):  # resolved now: it may be relative to the benchmark's output_dir
         base_overrides.append(f"backbone.path={base.backbone.path}")
-    for _, scorer, options in settings:  # an unknown scorer or option fails before anything runs
-        build_scorer(scorer, **options)
-    rows, extracted = [], 0
-    for i, (label, scorer, options) in enumerate(settings, 1):
-        say(f"[ablate {i}/{len(settings)}] {scorer} {label}")
+    if str(cfg.logger.kind) not in ("wandb", "csv", "none"):
+        raise ConfigError(f"logger.kind must be wandb, csv or none, not '{cfg.logger.kind}'.")
+    run_cfgs = []
+    for label, scorer, options in settings:  # every setting is checked before the first one runs
         spec = json.dumps([{"name": scorer, "options": options}])
         run_cfg = load_config(cfg.benchmark, [*base_overrides, f"scorers={spec}", f"output_dir={out / 'settings' / _safe(label)}"], EvalConfig)
+        validate(run_cfg)
+        check_network_padding(build_scorers(run_cfg), int(run_cfg.batch_size), extraction_device(run_cfg))
+        run_cfgs.append(run_cfg)
+    rows, extracted = [], 0
+    for i, ((label, scorer, options), run_cfg) in enumerate(zip(settings, run_cfgs), 1):
+        say(f"[ablate {i}/{len(settings)}] {scorer} {label}")
         result = evaluate(run_cfg)
         extracted += result["timing"]["extractions_run"]
         row: dict[str, Any] = {"setting": label, "scorer": scorer, "options": options}
@@ -76,7 +81,7 @@ def ablate(cfg: DictConfig) -> dict[str, Any]:
         rows.append(row)
     pairs = [k for k in rows[0] if "→" in k]
     write_ablation(out, rows, pairs)
-    plot = plot_ablation(out / "ablation.png", rows, pairs, str(cfg.scorer))
+    plot = plot_ablation(out / "ablation.png", rows, pairs, Path(str(cfg.benchmark)).stem)
     wandb = log_ablation(cfg, out, rows, pairs, plot)
     say(f"[ablate] {len(settings)} settings, {extracted} extraction(s) computed; table {out / 'ablation.md'}")
     if wandb and wandb.get("sync"):
@@ -95,7 +100,7 @@ def log_ablation(cfg: DictConfig, out: Path, rows: list[dict], pairs: list[str],
     try:
         for logger in loggers:
             groups = [g for g in ("near", "far", "all") if f"mean_{g}" in rows[0]]
-            scalars = {f"ablate/{r['setting']}/mean_{g}": r[f"mean_{g}"] for r in rows for g in groups}
+            scalars = {f"ablate/{key}/mean_{g}": r[f"mean_{g}"] for key, r in zip(metric_keys([r["setting"] for r in rows]), rows) for g in groups}
             if type(logger).__name__ != "WandbLogger":
                 logger.log_metrics(scalars, step=0)
                 logger.save()
@@ -117,6 +122,19 @@ def log_ablation(cfg: DictConfig, out: Path, rows: list[dict], pairs: list[str],
 def _scores(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path) as d:
         return d["id_scores"], d["ood_scores"]
+
+
+def metric_keys(labels: list[str]) -> list[str]:
+    """W&B metric names from setting labels: only [A-Za-z0-9_.-] (what W&B can sort and filter), unique
+    without regard to case (W&B's names are case-insensitive). The table keeps the labels as written."""
+    keys: list[str] = []
+    for label in labels:
+        key = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "setting"
+        base, n = key, 2
+        while key.lower() in {k.lower() for k in keys}:
+            key, n = f"{base}_{n}", n + 1
+        keys.append(key)
+    return keys
 
 
 def _safe(label: str) -> str:
@@ -143,7 +161,7 @@ def write_ablation(out: Path, rows: list[dict], pairs: list[str]) -> None:
     (out / "ablation.json").write_text(json.dumps({"pairs": pairs, "rows": rows}, indent=2, default=str))
 
 
-def plot_ablation(path: Path, rows: list[dict], pairs: list[str], scorer: str) -> Path:
+def plot_ablation(path: Path, rows: list[dict], pairs: list[str], benchmark: str) -> Path:
     """Per-pair AUROC per setting: one line per setting over the pairs."""
     import matplotlib
 
@@ -152,10 +170,10 @@ def plot_ablation(path: Path, rows: list[dict], pairs: list[str], scorer: str) -
 
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(pairs) + 2), 4), dpi=120)
     for r in rows:
-        ax.plot(range(len(pairs)), [r.get(p, np.nan) for p in pairs], marker="o", label=f"{r['setting']} (mean {r['mean_all']:.3f})")
+        ax.plot(range(len(pairs)), [r.get(p, np.nan) for p in pairs], marker="o", label=f"{r['scorer']}: {r['setting']} (mean {r['mean_all']:.3f})")
     ax.axhline(0.5, color="k", lw=0.6, ls=":")
     ax.set_xticks(range(len(pairs)), pairs, rotation=40, ha="right", fontsize=7)
-    ax.set(ylabel="AUROC", ylim=(0, 1.02), title=f"{scorer}: AUROC per pair and setting")
+    ax.set(ylabel="AUROC", ylim=(0, 1.02), title=f"{benchmark}: AUROC per pair and setting")
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path)
