@@ -19,11 +19,11 @@ import torch
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden_features.json"
 OPTIONS = {
-    "diffpath_v2": {"steps": 4},
+    "diffpath_v2": {"steps": 4, "weighting": "ssim"},  # the SSIM path covers more code than the default (none)
     "diffpath_6d": {"steps": 4},
     "diffpath_1d": {"steps": 4},
     "recon": {"levels": [0.1, 0.4], "steps": 3},
-    "diffpath_fused": {"steps": 4, "v2": {"trajectory": "ddim_inversion"}},
+    "diffpath_fused": {"steps": 4, "v2": {"trajectory": "ddim_inversion", "weighting": "ssim"}},
     "msma": {"levels": 4},
 }
 

@@ -141,7 +141,8 @@ def test_diffpath_fused_is_the_concatenation_bit_for_bit(backbone, images, v2):
     assert fused.network_evaluations_per_image(1000) == (4 if v2 else 8), "a shared inversion costs K evaluations, not 2K"
 
 
-@pytest.mark.parametrize("option", [{"weighting": "one_minus_ssim"}, {"weighting": "amplify"}, {"moments": "norms"}, {"time_range": [0.1, 0.6]}])
+@pytest.mark.parametrize("option", [{"weighting": "ssim"}, {"weighting": "one_minus_ssim"}, {"weighting": "amplify"}, {"moments": "norms"},
+                                    {"moments": "abs"}, {"shared_noise": False}, {"trajectory": "ddim_inversion"}, {"time_range": [0.1, 0.6]}])
 def test_every_diffpath_v2_option_changes_the_features(backbone, images, option):
     base = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4)(backbone, images[:4], seed=0)
     other = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4, **option)(backbone, images[:4], seed=0)
