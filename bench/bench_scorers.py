@@ -4,7 +4,7 @@ outside network calls, padding, peak memory; and GMM model selection time on 50,
 DiffPath's full grid against zsad's default (grid on a 10,000 subsample, parallel folds, refit on all).
 
 Each measurement runs in a fresh process so peak RSS belongs to that run alone.
-Usage: python bench/bench_scorers.py [--images 32] [--batch 16] [--baseline] [--skip-grid] [--out outputs/bench/results.json]
+Usage: python bench/bench_scorers.py [--images 32] [--batch 16] [--baseline] [--bf16] [--scorers ...] [--skip-grid] [--out outputs/bench/results.json]
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ SCORERS = {
 }
 
 
-def _scorer_worker(name: str, options: dict, images: int, batch: int, network_batch: int, fast: bool, queue) -> None:
+def _scorer_worker(name: str, options: dict, images: int, batch: int, network_batch: int, fast: bool, bf16: bool, queue) -> None:
+    import contextlib
+
     import torch
 
     import zsad
@@ -49,14 +51,17 @@ def _scorer_worker(name: str, options: dict, images: int, batch: int, network_ba
     backbone.predict_eps = timed
     scorer = zsad.build_scorer(name, network_batch=network_batch, **options)
     x = torch.rand(images, 3, 32, 32) * 2 - 1
-    scorer(backbone, x[:2], seed=0)  # warm-up
-    calls.update(t=0.0, n=0)
-    start = time.perf_counter()
-    for i in range(0, images, batch):
-        scorer(backbone, x[i : i + batch], seed=0)
+    # bf16: what trainer.precision=bf16-mixed does on the CPU (autocast around every network call)
+    precision = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with precision:
+        scorer(backbone, x[:2], seed=0)  # warm-up
+        calls.update(t=0.0, n=0)
+        start = time.perf_counter()
+        for i in range(0, images, batch):
+            scorer(backbone, x[i : i + batch], seed=0)
     total = time.perf_counter() - start
     queue.put({
-        "scorer": name, "path": "fast" if fast else "plain", "options": options, "images": images, "images_per_s": images / total,
+        "scorer": name, "path": ("fast" if fast else "plain") + ("+bf16" if bf16 else ""), "options": options, "images": images, "images_per_s": images / total,
         "network_rows_per_image": calls["n"] / images, "outside_network_share": 1 - calls["t"] / total,
         "padding_share": padding_share(scorer.rows_per_call(batch), network_batch),  # zero rows in a full batch's calls
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -105,21 +110,26 @@ def main() -> None:
     parser.add_argument("--gmm-samples", type=int, default=50_000)
     parser.add_argument("--skip-grid", action="store_true", help="skip DiffPath's full-data grid (about 5 minutes)")
     parser.add_argument("--baseline", action="store_true", help="also run every scorer on the plain kernels (before/after)")
+    parser.add_argument("--bf16", action="store_true", help="also run the fast path in bf16 autocast (trainer.precision=bf16-mixed; not fixture-exact)")
+    parser.add_argument("--scorers", nargs="*", default=list(SCORERS), choices=list(SCORERS), help="scorers to run (default: all)")
     parser.add_argument("--out", default="outputs/bench/results.json")
     args = parser.parse_args()
     import torch
 
     report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "scorers": [], "gmm": []}
     print(f"# zsad bench on {report['machine']}: DiffPath CelebA-32-size UNet (52.5M parameters, random weights), 32×32")
-    print(f"{'scorer':<12} {'path':<6} {'img/s':>8} {'speed-up':>9} {'net rows/img':>13} {'padding':>8} {'outside net':>12} {'peak RSS':>10}")
+    print(f"{'scorer':<12} {'path':<9} {'img/s':>8} {'speed-up':>9} {'net rows/img':>13} {'padding':>8} {'outside net':>12} {'peak RSS':>10}")
     for name, options in SCORERS.items():
+        if name not in args.scorers:
+            continue
         plain = None
-        for fast in ((False, True) if args.baseline or name == "diffpath_6d" else (True,)):
-            r = _run(_scorer_worker, name, options, args.images, args.batch, args.network_batch, fast)
+        paths = [(False, False), (True, False)] if args.baseline or name == "diffpath_6d" else [(True, False)]
+        for fast, bf16 in paths + ([(True, True)] if args.bf16 else []):
+            r = _run(_scorer_worker, name, options, args.images, args.batch, args.network_batch, fast, bf16)
             report["scorers"].append(r)
             plain = r if not fast else plain
             ratio = f"{r['images_per_s'] / plain['images_per_s']:8.2f}×" if fast and plain else ""
-            print(f"{name:<12} {r['path']:<6} {r['images_per_s']:8.2f} {ratio:>9} {r['network_rows_per_image']:13.1f} {100 * r['padding_share']:7.1f}% "
+            print(f"{name:<12} {r['path']:<9} {r['images_per_s']:8.2f} {ratio:>9} {r['network_rows_per_image']:13.1f} {100 * r['padding_share']:7.1f}% "
                   f"{100 * r['outside_network_share']:11.1f}% {r['peak_rss_mib']:8.0f} MiB", flush=True)
     for label in GMM_VARIANTS:
         if args.skip_grid and "DiffPath" in label:
