@@ -276,13 +276,13 @@ def test_ablate_writes_one_table_and_reuses_the_cache(smoke_checkpoint, tmp_path
         "benchmark: conf/eval/smoke.yaml\n"
         f"overrides: ['backbone.path={smoke_checkpoint}', 'id=[digits]', 'ood=[digits,noise]', 'far_pairs=[[digits, noise]]', 'max_fit_images=24', 'max_eval_images=12']\n"
         "scorer: diffpath_v2\n"
-        "settings:\n  - {label: default, options: {steps: 4}}\n  - {label: no weighting, options: {steps: 4, weighting: none}}\n"
+        "settings:\n  - {label: default, options: {steps: 4}}\n  - {label: ssim weighting, options: {steps: 4, weighting: ssim}}\n"
         "grid: {moments: [abs, norms]}\nbase_options: {steps: 4}\n"
         f"output_dir: {tmp_path / 'out'}\ncache_dir: {tmp_path / 'cache'}\nbootstrap: 20\n"
     )
     first = run_cli("ablate", "-c", str(cfg))
     table = json.loads((tmp_path / "out" / "ablation.json").read_text())
-    assert [r["setting"] for r in table["rows"]] == ["default", "no weighting", "moments=abs", "moments=norms"]
+    assert [r["setting"] for r in table["rows"]] == ["default", "ssim weighting", "moments=abs", "moments=norms"]
     assert table["pairs"] == ["digits→noise"]
     row = table["rows"][0]
     lo, hi = row["mean_all_ci"]
