@@ -43,32 +43,22 @@ class ResBlock(nn.Module):
         self.skip_connection = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
-            return self._forward_inplace(x, emb)
-        h = self.in_layers(x)
-        e = self.emb_layers(emb).type(h.dtype)[..., None, None]
-        if self.scale_shift:
-            scale, shift = e.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
-            h = self.out_layers[1:](h)
-        else:
-            h = self.out_layers(h + e)
-        return self.skip_connection(x) + h
-
-    def _forward_inplace(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """The same operations in the same order, bit for bit, but SiLU, scale-shift and the residual
-        write into tensors this block owns: fewer activation-sized allocations per call (inference only)."""
+        # Without autograd, SiLU, scale-shift and the residual write into tensors this block owns: the same
+        # operations in the same order, bit for bit, with fewer activation-sized allocations per call.
+        inplace = not torch.is_grad_enabled()
         norm_in, _, conv_in = self.in_layers
-        h = conv_in(F.silu(norm_in(x), inplace=True))
+        h = conv_in(F.silu(norm_in(x), inplace=inplace))
         e = self.emb_layers(emb).type(h.dtype)[..., None, None]
         norm_out, _, dropout, conv_out = self.out_layers
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
-            h = norm_out(h).mul_(1 + scale).add_(shift)
+            h = norm_out(h)
+            h = h.mul_(1 + scale).add_(shift) if inplace else h * (1 + scale) + shift
         else:
-            h = norm_out(h.add_(e))
-        h = conv_out(dropout(F.silu(h, inplace=True)))
-        return h.add_(self.skip_connection(x))
+            h = norm_out(h.add_(e) if inplace else h + e)
+        h = conv_out(dropout(F.silu(h, inplace=inplace)))
+        skip = self.skip_connection(x)
+        return h.add_(skip) if inplace else skip + h
 
 
 class AttentionBlock(nn.Module):

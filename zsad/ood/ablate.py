@@ -46,7 +46,8 @@ def ablate(cfg: DictConfig) -> dict[str, Any]:
     """Run every setting of the sweep on the benchmark; write the table and the plot; return them."""
     from zsad.config import load_config
     from zsad.config.schema import EvalConfig
-    from zsad.ood.benchmark import build_scorers, check_network_padding, evaluate, extraction_device, validate
+    from zsad.ood.benchmark import checked_scorers, evaluate
+    from zsad.utils.loggers import check_logger_kind
 
     out = Path(cfg.output_dir)
     settings = sweep_settings(cfg)
@@ -54,14 +55,12 @@ def ablate(cfg: DictConfig) -> dict[str, Any]:
     base = load_config(cfg.benchmark, base_overrides, EvalConfig)  # a broken benchmark config fails before anything runs
     if not OmegaConf.is_missing(base.backbone, "path"):  # resolved now: it may be relative to the benchmark's output_dir
         base_overrides.append(f"backbone.path={base.backbone.path}")
-    if str(cfg.logger.kind) not in ("wandb", "csv", "none"):
-        raise ConfigError(f"logger.kind must be wandb, csv or none, not '{cfg.logger.kind}'.")
+    check_logger_kind(cfg.logger)
     run_cfgs = []
     for label, scorer, options in settings:  # every setting is checked before the first one runs
         spec = json.dumps([{"name": scorer, "options": options}])
         run_cfg = load_config(cfg.benchmark, [*base_overrides, f"scorers={spec}", f"output_dir={out / 'settings' / _safe(label)}"], EvalConfig)
-        validate(run_cfg)
-        check_network_padding(build_scorers(run_cfg), int(run_cfg.batch_size), extraction_device(run_cfg))
+        checked_scorers(run_cfg)
         run_cfgs.append(run_cfg)
     rows, extracted = [], 0
     for i, ((label, scorer, options), run_cfg) in enumerate(zip(settings, run_cfgs), 1):

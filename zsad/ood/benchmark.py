@@ -108,6 +108,15 @@ def build_scorers(cfg: DictConfig) -> list[Scorer]:
     return scorers
 
 
+def checked_scorers(cfg: DictConfig) -> list[Scorer]:
+    """The checks that come before any work (`validate`, each scorer's options, network padding); returns
+    the scorers. `zsad ablate` runs it for every setting before the first one starts."""
+    validate(cfg)
+    scorers = build_scorers(cfg)
+    check_network_padding(scorers, int(cfg.batch_size), extraction_device(cfg))
+    return scorers
+
+
 def make_detector(cfg: DictConfig, scorer: Scorer):
     if scorer.detector == "kde":
         return KDEDetector(**OmegaConf.to_container(cfg.detector.kde))
@@ -120,11 +129,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     Everything a user can get wrong is checked first (config values, accelerator, checkpoint, datasets,
     output folder): a failed check leaves no folder, W&B run or file behind."""
     t0 = time.time()
-    validate(cfg)
+    scorers = checked_scorers(cfg)
     run_nonce()  # fixed before Lightning starts other processes, which inherit it
     out = Path(cfg.output_dir)
-    scorers = build_scorers(cfg)
-    check_network_padding(scorers, int(cfg.batch_size), extraction_device(cfg))
     backbone = load_backbone_from(cfg.backbone, fast_path=bool(cfg.trainer.fast_path))
     if cfg.trainer.compile:
         backbone.unet = torch.compile(backbone.unet, mode=None if cfg.trainer.compile == "default" else str(cfg.trainer.compile), dynamic=False)

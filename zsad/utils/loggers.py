@@ -31,15 +31,24 @@ def _run_id(out: Path, resuming: bool) -> str:
     return run_id
 
 
+LOGGER_KINDS = ("wandb", "csv", "none")
+
+
+def check_logger_kind(logger_cfg) -> str:
+    """`logger.kind`, refused with a clear message unless it is one of LOGGER_KINDS."""
+    kind = str(logger_cfg.kind)
+    if kind not in LOGGER_KINDS:
+        raise ConfigError(f"logger.kind must be wandb, csv or none, not '{kind}'.")
+    return kind
+
+
 def build_logger(logger_cfg, out: Path, config: dict, resuming: bool = False, job_type: str = "train") -> list[Logger]:
     """Lightning loggers for `logger.kind` (wandb | csv | none)."""
-    kind = str(logger_cfg.kind)
+    kind = check_logger_kind(logger_cfg)
     if kind == "none":
         return []
     if kind == "csv":
         return [CSVLogger(save_dir=str(out), name="csv_logs")]
-    if kind != "wandb":
-        raise ConfigError(f"logger.kind must be wandb, csv or none, not '{kind}'.")
     from lightning.pytorch.loggers import WandbLogger
 
     mode = wandb_mode(logger_cfg)
