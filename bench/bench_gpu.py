@@ -60,9 +60,10 @@ def pipeline_rate(precision: str, images: int, batch: int) -> dict:
 
     from zsad.data.base import ArraySource, ImageDataset
     from zsad.data.transforms import build_transform
-    from zsad.ood.extraction import extract_features
-    from zsad.ood.feature_cache import FeatureCache, runtime_identity
-    from zsad.ood.scorers import build_scorer
+    from zsad.scoring.extraction import extract_features
+    from zsad.scoring.feature_cache import FeatureCache
+    from zsad.scoring.recipe import recipe_for
+    from zsad.scoring.scorers import build_scorer
 
     arr = np.random.default_rng(0).integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
     dataset = ImageDataset("generated", "test", ArraySource(arr, "generated"), build_transform(32), {"image_size": 32})
@@ -71,10 +72,10 @@ def pipeline_rate(precision: str, images: int, batch: int) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
     lightning_precision = {"fp32": "32-true", "tf32": "32-true", "bf16": "bf16-mixed"}[precision]
     with tempfile.TemporaryDirectory() as cache:
-        kw = dict(seed=0, trainer_kwargs=dict(accelerator="gpu", devices=1, precision=lightning_precision), batch_size=batch, num_workers=8,
-                  runtime=runtime_identity("cuda", lightning_precision))
+        recipe = recipe_for(scorer, backbone, dataset.spec, 0, "cuda", lightning_precision, tf32=precision == "tf32")
+        kw = dict(recipe=recipe, trainer_kwargs=dict(accelerator="gpu", devices=1, precision=lightning_precision), batch_size=batch, num_workers=8)
         start = time.perf_counter()
-        extract_features(backbone, {"sha256": "bench"}, scorer, dataset, FeatureCache(cache), **kw)
+        extract_features(backbone, scorer, dataset, FeatureCache(cache), **kw)
         elapsed = time.perf_counter() - start
     return {"precision": precision, "images": images, "batch": batch, "images_per_s": images / elapsed, "evals_per_s": images * 10 / elapsed}
 

@@ -31,7 +31,7 @@ def _scorer_worker(name: str, options: dict, images: int, batch: int, network_ba
 
     import zsad
     from zsad.diffusion.improved_diffusion import PRESETS, ImprovedDiffusionBackbone
-    from zsad.ood.scorers import padding_share
+    from zsad.scoring.scorers import padding_share
 
     torch.manual_seed(0)
     cfg = PRESETS["diffpath-celeba32"]
@@ -78,8 +78,8 @@ GMM_VARIANTS = {
 def _gmm_worker(label: str, n: int, queue) -> None:
     import numpy as np
 
-    from zsad.ood.detector import GMMDetector
-    from zsad.ood.metrics import auroc
+    from zsad.scoring.detector import GMMDetector
+    from zsad.evaluation.metrics import auroc
 
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 4, (20, 6))

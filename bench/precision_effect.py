@@ -46,7 +46,7 @@ def feature_deviation(reference: Path, precision: str, images: int) -> dict:
     from zsad.config import load_config
     from zsad.config.schema import EvalConfig
     from zsad.diffusion.loading import load_backbone_from
-    from zsad.ood.benchmark import build_scorers, dataset_for
+    from zsad.evaluation.evaluate import build_scorers, dataset_for
 
     cfg = load_config(str(reference / "config.yaml"), [], EvalConfig)
     backbone = load_backbone_from(cfg.backbone, fast_path=bool(cfg.trainer.fast_path))

@@ -60,15 +60,51 @@ def extraction_setup(scorer_name: str = "diffpath_v2", count: int = 10, **option
 
     from zsad.config.schema import DataConfig
     from zsad.data import build_dataset
-    from zsad.ood.feature_cache import runtime_identity
-    from zsad.ood.scorers import build_scorer
+    from zsad.scoring.scorers import build_scorer
 
     backbone = random_backbone()
     backbone.identity = {"sha256": backbone.fingerprint}
     dataset = build_dataset(OmegaConf.structured(DataConfig(name="shapes", split="test", image_size=16, options={"count": count})))
     scorer = build_scorer(scorer_name, **{"steps": 3, "network_batch": 4, **options})
     kw = dict(
-        seed=0, trainer_kwargs=dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False),
-        batch_size=4, num_workers=0, runtime=runtime_identity("cpu"),
+        recipe=recipe_of(scorer, backbone, dataset),
+        trainer_kwargs=dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False),
+        batch_size=4, num_workers=0,
     )
     return backbone, dataset, scorer, kw
+
+
+def recipe_of(scorer, backbone, dataset, **changes):
+    """The CPU feature recipe of `scorer` on `backbone` for `dataset` (seed 0), with fields replaced by `changes`."""
+    import dataclasses
+
+    from zsad.scoring.recipe import recipe_for
+
+    return dataclasses.replace(recipe_for(scorer, backbone, dataset.spec, 0, "cpu"), **changes)
+
+
+# --------------------------------------------------------------------------- an analytic backbone
+ANALYTIC_T = 1000
+CHANNEL_OFFSET = torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64).view(1, 3, 1, 1)
+
+
+def analytic_coefficients(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """a_t, b_t, g_t as float64 [N] for integer timesteps t [N]."""
+    t = t.to(torch.float64)
+    return 0.3 + 0.5 * t / ANALYTIC_T, 0.5 * torch.sin(t / 100), 0.2 * torch.cos(t / 150)
+
+
+def analytic_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """ε̂(x, t) = a_t·x + b_t·c + g_t·roll(x) (c a per-channel offset, roll one pixel along the width), in x's dtype."""
+    a, b, g = (c.to(x.dtype).view(-1, 1, 1, 1) for c in analytic_coefficients(t.cpu()))
+    return a * x + b * CHANNEL_OFFSET.to(x.dtype) + g * torch.roll(x, shifts=1, dims=-1)
+
+
+class AnalyticBackbone(Backbone):
+    """A closed-form ε̂ that computes in whatever dtype it is given (float64 for dtype-exact checks)."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor | None = None, image_size: int = 16):
+        super().__init__(cosine_alphas_cumprod(ANALYTIC_T) if alphas_cumprod is None else alphas_cumprod, image_size, "analytic")
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return analytic_eps(x_t, t)

@@ -101,7 +101,7 @@ def test_detector_schema_mirrors_the_detectors():
     """conf → detector: every GMMConfig/KDEConfig field is a detector argument with the same default."""
     import dataclasses
 
-    from zsad.ood.detector import GMMDetector, KDEDetector
+    from zsad.scoring.detector import GMMDetector, KDEDetector
 
     for schema, detector in ((S.GMMConfig, GMMDetector), (S.KDEConfig, KDEDetector)):
         ours = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in dataclasses.fields(schema)}

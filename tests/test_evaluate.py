@@ -119,21 +119,21 @@ def test_one_and_two_processes_give_identical_features(smoke_checkpoint, tmp_pat
 
 def test_interrupted_extraction_resumes(tmp_path, capsys):
     from helpers import extraction_setup
-    from zsad.ood.feature_cache import FeatureCache, cache_key
-    from zsad.ood.extraction import extract_features
-    from zsad.ood.scorers import image_seeds
+    from zsad.scoring.feature_cache import FeatureCache, cache_key
+    from zsad.scoring.extraction import extract_features
+    from zsad.scoring.scorers import image_seeds
 
     backbone, dataset, scorer, kw = extraction_setup()
-    reference = extract_features(backbone, backbone.identity, scorer, dataset, FeatureCache(tmp_path / "ref"), **kw)
+    reference = extract_features(backbone, scorer, dataset, FeatureCache(tmp_path / "ref"), **kw)
 
     # An earlier run that died after finishing images 0..3: its shard is on disk, no final file.
     cache = FeatureCache(tmp_path / "resume")
-    folder = cache.folder(scorer, dataset, cache_key(backbone.identity, dataset, scorer, 0, kw["runtime"]))
+    folder = cache.folder(scorer, dataset, cache_key(kw["recipe"], dataset))
     (folder / "shards").mkdir(parents=True)
     x = torch.stack([dataset[i][0] for i in range(4)])
     ids = image_seeds(0, x)
     torch.save({"index": torch.arange(4), "seed": ids, "features": scorer(backbone, x, ids)}, folder / "shards" / "part-old-r0-b000000.pt")
-    resumed = extract_features(backbone, backbone.identity, scorer, dataset, cache, log=print, **kw)
+    resumed = extract_features(backbone, scorer, dataset, cache, log=print, **kw)
     assert "6 images, resuming: 4 already done" in capsys.readouterr().out
     assert np.array_equal(resumed.indices, reference.indices) and np.array_equal(resumed.features, reference.features)
     assert np.array_equal(resumed.seeds, reference.seeds)
@@ -215,7 +215,8 @@ def test_score_refuses_other_weights_and_outputs_inside_the_input(folder_benchma
     ckpt["state_dict"][key] = ckpt["state_dict"][key] + 1e-3
     torch.save(ckpt, tmp_path / "other.ckpt")
     proc = run_cli("score", str(root / "imgs" / "test"), "--detector", det, f"backbone.path={tmp_path / 'other.ckpt'}", f"output={tmp_path / 'x.csv'}", check=False)
-    assert proc.returncode == 2 and "not the checkpoint this detector was fitted with" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "differs in the backbone weights (sha256)" in proc.stderr and "Pass backbone.path= the file the detector was fitted on" in proc.stderr
     proc = run_cli("score", str(root / "imgs"), "--detector", det, "--out", str(root / "imgs" / "scores.csv"), check=False)
     assert proc.returncode == 2 and "inside the input folder" in proc.stderr
 
@@ -226,9 +227,9 @@ def test_same_image_in_two_folders_has_identical_features(tmp_path):
     from helpers import extraction_setup
     from zsad.config.schema import DataConfig
     from zsad.data import build_dataset, make_builtin
-    from zsad.ood.extraction import extract_features
-    from zsad.ood.feature_cache import FeatureCache
-    from zsad.ood.scorers import build_scorer
+    from zsad.scoring.extraction import extract_features
+    from zsad.scoring.feature_cache import FeatureCache
+    from zsad.scoring.scorers import build_scorer
 
     backbone, _, scorer, kw = extraction_setup()
     imgs = make_builtin("shapes", "test", 5)
@@ -239,7 +240,7 @@ def test_same_image_in_two_folders_has_identical_features(tmp_path):
             (tmp_path / name / "test").mkdir(parents=True, exist_ok=True)
             Image.fromarray(imgs[i]).save(tmp_path / name / "test" / fname)
         ds = build_dataset(OmegaConf.structured(DataConfig(name="imagefolder", root=str(tmp_path / name), split="test", image_size=16)))
-        feats[name] = extract_features(backbone, backbone.identity, scorer, ds, FeatureCache(tmp_path / "cache"), **kw)
+        feats[name] = extract_features(backbone, scorer, ds, FeatureCache(tmp_path / "cache"), **kw)
     assert np.array_equal(feats["a"].features[0], feats["b"].features[2])
     assert feats["a"].seeds[0] == feats["b"].seeds[2] and len(set(feats["b"].seeds.tolist())) == 4
     # the Python API on the same preprocessed pixels
@@ -252,8 +253,8 @@ def test_fit_test_duplicates_are_counted_and_too_many_refused():
     from types import SimpleNamespace
 
     from zsad.errors import DataLeakageError
-    from zsad.ood.benchmark import check_duplicates
-    from zsad.ood.feature_cache import FeatureSet
+    from zsad.evaluation.evaluate import check_duplicates
+    from zsad.scoring.feature_cache import FeatureSet
 
     src = SimpleNamespace(source=SimpleNamespace(describe=lambda i: f"img{i}.png"))
     fit = FeatureSet(np.zeros((300, 2)), np.arange(300), np.arange(300) + 10_000, {})

@@ -15,25 +15,28 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import REPO, ZSAD, cli_env, run_cli
-from helpers import extraction_setup
+from helpers import extraction_setup, recipe_of
 from zsad.config.schema import DataConfig
 from zsad.data import build_dataset
-from zsad.ood.extraction import extract_features
-from zsad.ood.feature_cache import FeatureCache, runtime_identity
+from zsad.scoring.extraction import extract_features
+from zsad.scoring.feature_cache import FeatureCache
 
 
 @pytest.fixture()
 def setup(tmp_path):
     backbone, dataset, scorer, kw = extraction_setup(count=6)
     cache = FeatureCache(tmp_path / "cache")
-    first = extract_features(backbone, backbone.identity, scorer, dataset, cache, **kw)
+    first = extract_features(backbone, scorer, dataset, cache, **kw)
     assert not first.from_cache
     return backbone, dataset, scorer, kw, cache, first
 
 
-def _again(setup, identity=None, scorer=None, dataset=None, **changes):
+def _again(setup, scorer=None, dataset=None, batch_size=None, **recipe_changes):
+    """Extract again into the same cache, the recipe rebuilt from (scorer, dataset) with `recipe_changes`."""
     backbone, ds, sc, kw, cache, _ = setup
-    return extract_features(backbone, identity or backbone.identity, scorer or sc, dataset or ds, cache, **{**kw, **changes})
+    scorer, dataset = scorer or sc, dataset or ds
+    recipe = recipe_of(scorer, backbone, dataset, **recipe_changes)
+    return extract_features(backbone, scorer, dataset, cache, **{**kw, "recipe": recipe, "batch_size": batch_size or kw["batch_size"]})
 
 
 def test_unchanged_inputs_and_loader_batch_size_reuse(setup):
@@ -42,38 +45,22 @@ def test_unchanged_inputs_and_loader_batch_size_reuse(setup):
     assert again.from_cache and np.array_equal(again.features, setup[5].features)
 
 
-@pytest.mark.parametrize("ingredient", ["weights", "model_config", "device", "precision", "tf32", "seed"])
-def test_each_backbone_and_runtime_ingredient_recomputes(setup, ingredient):
-    backbone, _, _, kw, _, _ = setup
-    identity, runtime, seed = dict(backbone.identity), dict(kw["runtime"]), 0
-    if ingredient == "weights":
-        identity["sha256"] = "0" * 64
-    elif ingredient == "model_config":
-        identity["model_config"] = {"num_channels": 64}
-    elif ingredient == "device":
-        runtime["device"] = "cuda:NVIDIA H200"
-    elif ingredient == "precision":
-        runtime["precision"] = "bf16-mixed"
-    elif ingredient == "tf32":
-        runtime["tf32_matmul"] = True
-    else:
-        seed = 1
-    assert not _again(setup, identity=identity, runtime=runtime, seed=seed).from_cache
+@pytest.mark.parametrize("ingredient", ["weights_sha256", "model_config", "device", "precision", "tf32", "seed", "fast_path", "compile",
+                                        "preprocessing", "seed_rule", "use_ema"])
+def test_each_identity_field_of_the_recipe_recomputes(setup, ingredient):
+    changes = {"weights_sha256": "0" * 64, "model_config": {"num_channels": 64}, "device": "cuda:NVIDIA H200", "precision": "bf16-mixed",
+               "tf32": True, "seed": 1, "fast_path": False, "compile": "max-autotune", "preprocessing": {"image_size": 16, "center_crop": 12},
+               "seed_rule": "another rule", "use_ema": False}
+    assert not _again(setup, **{ingredient: changes[ingredient]}).from_cache
 
 
-def test_runtime_identity_sees_the_tf32_flags():
-    before = runtime_identity("cpu")
-    old = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = not old
-        assert runtime_identity("cpu") != before
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
-    assert runtime_identity("cpu")["device"] == "cpu" and runtime_identity("cpu")["precision"] == "32-true"
+@pytest.mark.parametrize("field,value", [("weights_path", "/elsewhere/model.ckpt"), ("network_batch", 64), ("extra", {"id_dataset": "x"})])
+def test_recorded_but_not_identity_fields_reuse(setup, field, value):
+    assert _again(setup, **{field: value}).from_cache
 
 
 def test_scorer_options_and_version_recompute(setup, monkeypatch):
-    from zsad.ood.scorers import build_scorer
+    from zsad.scoring.scorers import build_scorer
 
     assert not _again(setup, scorer=build_scorer("diffpath_v2", steps=4, network_batch=4)).from_cache
     scorer = setup[2]

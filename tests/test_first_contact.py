@@ -101,7 +101,7 @@ def test_full_disk_while_writing_a_checkpoint_is_one_clear_error(tmp_path, monke
 
 
 def test_full_disk_while_writing_a_cache_entry_or_results(tmp_path, monkeypatch):
-    from zsad.ood.report import write_results
+    from zsad.evaluation.report import write_results
     from zsad.utils.files import DiskFullError
 
     def full_disk(*args, **kwargs):
@@ -109,12 +109,12 @@ def test_full_disk_while_writing_a_cache_entry_or_results(tmp_path, monkeypatch)
 
     monkeypatch.setattr(np, "savez", full_disk)
     from helpers import extraction_setup
-    from zsad.ood.extraction import extract_features
-    from zsad.ood.feature_cache import FeatureCache
+    from zsad.scoring.extraction import extract_features
+    from zsad.scoring.feature_cache import FeatureCache
 
     backbone, dataset, scorer, kw = extraction_setup(count=4)
     with pytest.raises(DiskFullError, match="while writing .*features.npz"):
-        extract_features(backbone, backbone.identity, scorer, dataset, FeatureCache(tmp_path / "cache"), **kw)
+        extract_features(backbone, scorer, dataset, FeatureCache(tmp_path / "cache"), **kw)
     assert not list((tmp_path / "cache").rglob(".features*")), "no partial cache file"
     monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
     with pytest.raises(DiskFullError, match="results.json"):
@@ -134,7 +134,7 @@ def test_cli_version_help_examples_and_score_without_config():
 
 
 def test_histogram_axis_follows_the_score_span():
-    from zsad.ood.report import score_axis
+    from zsad.evaluation.report import score_axis
 
     assert score_axis(np.array([10.0, 12, 15, 20])) == "linear"
     assert score_axis(np.r_[np.linspace(5, 9, 50), [900.0, 5000.0]]) == "log"

@@ -86,7 +86,7 @@ def test_schedule_and_spacing():
 
 @pytest.mark.parametrize("clip", [True, False])
 def test_ddim_inversion_and_diffpath_6d_statistics(backbone, x0, clip):
-    from zsad.ood.scorers.trajectory import ddim_invert
+    from zsad.scoring.scorers.trajectory import ddim_invert
 
     ref = load("ddim10_inversion.pt")["clip_denoised_true" if clip else "clip_denoised_false"]
     with torch.no_grad():

@@ -7,9 +7,9 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from zsad.errors import ConfigError
-from zsad.ood.detector import GMMDetector, KDEDetector, load_detector
-from zsad.ood.metrics import auroc, bootstrap_auroc_ci, fpr_at_tpr, ood_metrics, rank_scores
-from zsad.ood.metrics import roc_curve as metric_roc_curve
+from zsad.scoring.detector import GMMDetector, KDEDetector, load_detector
+from zsad.evaluation.metrics import auroc, bootstrap_auroc_ci, fpr_at_tpr, ood_metrics, rank_scores
+from zsad.evaluation.metrics import roc_curve as metric_roc_curve
 
 
 def sklearn_metrics(id_s, ood_s) -> dict:
@@ -185,7 +185,7 @@ def test_grid_selection_on_a_subsample_refits_on_everything():
 
 
 def test_bootstrap_interval_of_the_mean_auroc_over_pairs():
-    from zsad.ood.metrics import bootstrap_mean_auroc
+    from zsad.evaluation.metrics import bootstrap_mean_auroc
 
     rng = np.random.default_rng(11)
     pairs = [(rng.normal(50, 5, 200), rng.normal(60, 5, 150)), (rng.normal(0, 1, 120), rng.normal(0.5, 1, 90))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zsad.ood.report import mean_rows, to_markdown
+from zsad.evaluation.report import mean_rows, to_markdown
 
 
 def _row(ood, auroc, published=None, shift="near"):

@@ -30,10 +30,11 @@ import pytest
 import torch
 from kornia.metrics import ssim
 
+import helpers
 import zsad
-from zsad.diffusion.backbone import Backbone
+from helpers import analytic_eps
 from zsad.diffusion.schedule import cosine_alphas_cumprod, ddim_timesteps
-from zsad.ood.scorers import per_image_noise
+from zsad.scoring.scorers import per_image_noise
 
 T = 1000
 SIZE = 16
@@ -49,25 +50,11 @@ RTOL = 1e-6
 RTOL_INVERSION_COSINE = 1e-5
 MUTATION_FACTOR = 10  # a wrong reference must miss by at least 10× the tolerance
 
-CHANNEL_OFFSET = torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64).view(1, 3, 1, 1)
+class AnalyticBackbone(helpers.AnalyticBackbone):
+    """The closed-form ε̂ of tests/helpers.py, here only ever called in float32 (what zsad computes in)."""
 
-
-def coefficients(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """a_t, b_t, g_t as float64 [N] for integer timesteps t [N]."""
-    t = t.to(torch.float64)
-    return 0.3 + 0.5 * t / T, 0.5 * torch.sin(t / 100), 0.2 * torch.cos(t / 150)
-
-
-def analytic_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """ε̂ in the dtype of x (the backbone's float32 or the references' float64)."""
-    a, b, g = (c.to(x.dtype).view(-1, 1, 1, 1) for c in coefficients(t))
-    return a * x + b * CHANNEL_OFFSET.to(x.dtype) + g * torch.roll(x, shifts=1, dims=-1)
-
-
-class AnalyticBackbone(Backbone):
     def __init__(self, alphas_cumprod: torch.Tensor | None = None):
-        ab = cosine_alphas_cumprod(T) if alphas_cumprod is None else alphas_cumprod
-        super().__init__(ab, SIZE, "analytic")
+        super().__init__(alphas_cumprod, SIZE)
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         assert x_t.dtype == torch.float32 and t.dtype == torch.int64

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import zsad
+from zsad.scoring.scorers.fused import V2_HALF_DEFAULTS
 from helpers import NaNBackbone, OracleBackbone, ZeroBackbone, random_backbone
 from zsad.errors import ConfigError, FeatureError, UnknownNameError
-from zsad.ood.scorers import SCORERS, image_seeds
-from zsad.ood.scorers.diffpath_v2 import ssim_weight
+from zsad.scoring.scorers import SCORERS, image_seeds
+from zsad.scoring.scorers.diffpath_v2 import ssim_weight
 
 FAST = {
     "diffpath_v2": {"steps": 4},
@@ -124,24 +125,24 @@ def test_unknown_scorer_and_option():
 def test_diffpath_1d_from_6d_equals_a_separate_extraction(backbone, images):
     one = zsad.build_scorer("diffpath_1d", steps=4, network_batch=4)
     six = zsad.build_scorer("diffpath_6d", steps=4, network_batch=4)
-    assert one.derivable_from(six) and not one.derivable_from(zsad.build_scorer("diffpath_6d", steps=5, network_batch=4))
+    assert [s.options() for s in one.sources()] == [six.options()]
     f1, f6 = one(backbone, images, seed=0), six(backbone, images, seed=0)
-    assert torch.equal(one.from_6d(f6), f1)
-    assert (one.from_6d(f6.numpy()) == f1.numpy()).all(), "the numpy path (cached features) is bit-identical too"
+    assert torch.equal(one.derive([f6]), f1)
+    assert (one.derive([f6.numpy()]) == f1.numpy()).all(), "the numpy path (cached features) is bit-identical too"
 
 
 @pytest.mark.parametrize("v2", [{}, {"trajectory": "ddim_inversion", "weighting": "none", "moments": "norms"}])
 def test_diffpath_fused_is_the_concatenation_bit_for_bit(backbone, images, v2):
     fused = zsad.build_scorer("diffpath_fused", steps=4, network_batch=4, v2=v2)
     six = zsad.build_scorer("diffpath_6d", steps=4, network_batch=4)
-    two = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4, **v2)
+    two = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4, **{**V2_HALF_DEFAULTS, **v2})
     got = fused(backbone, images[:5], seed=0)
     assert got.shape == (5, 12) and fused.feature_names[0] == "6d_eps_sum" and fused.feature_names[6].startswith("v2_err")
     assert torch.equal(got, torch.cat([six(backbone, images[:5], seed=0), two(backbone, images[:5], seed=0)], dim=1))
     assert fused.network_evaluations_per_image(1000) == (4 if v2 else 8), "a shared inversion costs K evaluations, not 2K"
 
 
-@pytest.mark.parametrize("option", [{"weighting": "ssim"}, {"weighting": "one_minus_ssim"}, {"weighting": "amplify"}, {"moments": "norms"},
+@pytest.mark.parametrize("option", [{"weighting": "ssim"}, {"weighting": "one_minus_ssim"}, {"weighting": "none"}, {"moments": "norms"},
                                     {"moments": "abs"}, {"shared_noise": False}, {"trajectory": "ddim_inversion"}, {"time_range": [0.1, 0.6]}])
 def test_every_diffpath_v2_option_changes_the_features(backbone, images, option):
     base = zsad.build_scorer("diffpath_v2", steps=4, network_batch=4)(backbone, images[:4], seed=0)

@@ -9,10 +9,10 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_backbone": ("zsad.diffusion.loading", "load_backbone"),
-    "build_scorer": ("zsad.ood.scorers", "build_scorer"),
-    "GMMDetector": ("zsad.ood.detector", "GMMDetector"),
-    "KDEDetector": ("zsad.ood.detector", "KDEDetector"),
-    "ood_metrics": ("zsad.ood.metrics", "ood_metrics"),
+    "build_scorer": ("zsad.scoring.scorers", "build_scorer"),
+    "GMMDetector": ("zsad.scoring.detector", "GMMDetector"),
+    "KDEDetector": ("zsad.scoring.detector", "KDEDetector"),
+    "ood_metrics": ("zsad.evaluation.metrics", "ood_metrics"),
 }
 
 

@@ -27,8 +27,8 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     from zsad.config import load_config
     from zsad.config.schema import EvalConfig
-    from zsad.ood.benchmark import evaluate
-    from zsad.ood.summary import format_summary
+    from zsad.evaluation.evaluate import evaluate
+    from zsad.evaluation.summary import format_summary
 
     cfg = load_config(args.config, args.overrides, EvalConfig)
     result = evaluate(cfg)
@@ -41,7 +41,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_score(args) -> int:
     from zsad.config import load_config
     from zsad.config.schema import ScoreConfig
-    from zsad.ood.score_images import score_images
+    from zsad.detection.score import score_images
 
     overrides = list(args.overrides)
     if args.images is not None and "=" in args.images:  # `zsad score -c C images=DIR …` (the older form)
@@ -61,7 +61,7 @@ def _cmd_score(args) -> int:
 def _cmd_ablate(args) -> int:
     from zsad.config import load_config
     from zsad.config.schema import AblateConfig
-    from zsad.ood.ablate import ablate
+    from zsad.evaluation.ablate import ablate
 
     result = ablate(load_config(args.config, args.overrides, AblateConfig))
     print(result["table_markdown"])

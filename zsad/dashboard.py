@@ -52,11 +52,12 @@ def spec_from_config(config: str | Path | None = None) -> DashboardSpec:
     """Scorers, ordered pairs and shift groups of a benchmark config (`zsad evaluate -c …`)."""
     from zsad.config import load_config
     from zsad.config.schema import EvalConfig
+    from zsad.scoring.scorers import RECOMMENDED_SCORER
 
     cfg = load_config(config or DEFAULT_BENCHMARK, ["backbone.path=unused"], EvalConfig)
     pairs = [(str(i), str(o)) for i in cfg.id for o in cfg.ood if o != i]
     groups = ["all"] + (["far", "near"] if cfg.far_pairs else [])
-    return DashboardSpec([str(s.name) for s in cfg.scorers], pairs, groups, [str(i) for i in cfg.id])
+    return DashboardSpec([str(s.name or RECOMMENDED_SCORER) for s in cfg.scorers], pairs, groups, [str(i) for i in cfg.id])
 
 
 def build_workspace(spec: DashboardSpec, entity: str, project: str):

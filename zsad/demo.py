@@ -38,7 +38,7 @@ def _split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def run_demo(output_dir: Optional[str] = None, quick: bool = False, seed: int = 0, overrides: Sequence[str] = ()) -> dict:
     """Train on `shapes`, evaluate every scorer on every ordered pair of the other sets; returns the results."""
-    from zsad.ood.benchmark import evaluate
+    from zsad.evaluation.evaluate import evaluate
     from zsad.training.train import train
 
     out = Path(output_dir or ("outputs/demo_quick" if quick else "outputs/demo"))
@@ -61,7 +61,7 @@ def run_demo(output_dir: Optional[str] = None, quick: bool = False, seed: int = 
     if samples:
         shutil.copy(samples[-1], out / "samples.png")
     wall = time.time() - t0
-    from zsad.ood.summary import format_summary
+    from zsad.evaluation.summary import format_summary
 
     print(result["table_markdown"])
     print(format_summary(result["summary"], extra_stages={"training": t_train}))

@@ -134,7 +134,7 @@ class BackboneConfig:
 
 @dataclass
 class ScorerSpec:
-    name: str = "diffpath_v2"
+    name: Optional[str] = None  # null: zsad's recommended detector (zsad.scoring.scorers.RECOMMENDED_SCORER)
     options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -235,7 +235,7 @@ class AblateConfig:
 
     benchmark: str = "conf/eval/demo.yaml"  # the eval config whose datasets, pairs and detector are used
     overrides: List[str] = field(default_factory=list)  # key=value overrides of the benchmark
-    scorer: str = "diffpath_v2"
+    scorer: Optional[str] = None  # the swept scorer; null: the paper's (zsad.scoring.scorers.PAPER_SCORER)
     settings: List[SettingSpec] = field(default_factory=list)  # explicit option sets (label + options)
     grid: Dict[str, List[Any]] = field(default_factory=dict)  # option -> values; every combination runs
     base_options: Dict[str, Any] = field(default_factory=dict)  # options shared by the grid's settings

@@ -28,6 +28,8 @@ class Backbone(nn.Module):
         self.image_size = int(image_size)
         self.fingerprint = fingerprint
         self.identity: dict = {"sha256": fingerprint}
+        self.path: str | None = None  # the weights file, when loaded from one
+        self.source: str | None = None  # what the user named: the file, hf://… or a known name
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         """ε̂(x_t, t) for float32 x_t [B, 3, S, S] and int64 t [B] with 0 <= t < T."""

@@ -65,6 +65,8 @@ def load_backbone(
 ) -> Backbone:
     """Load a frozen diffusion backbone (eval mode) from `path`.
 
+    path: a checkpoint file, hf://OWNER/REPO/FILE[@REVISION], or a known name (zsad.diffusion.hub.KNOWN_BACKBONES:
+    diffpath-celeba32, openai-imagenet64, zsad-demo), whose format and config apply unless given here.
     format: "auto" | "zsad" | "improved-diffusion". config: for improved-diffusion, a preset name
     (diffpath-celeba32, openai-imagenet64), a dict or a JSON file of its hyper-parameters.
     use_ema: for zsad checkpoints, load the EMA weights (default) or the online ones.
@@ -72,6 +74,13 @@ def load_backbone(
     """
     if format not in FORMATS:
         raise BackboneLoadError(f"Unknown backbone format '{format}'. Known: {', '.join(FORMATS)}.")
+    from zsad.diffusion.hub import resolve_backbone
+
+    spec = str(path)
+    resolved = resolve_backbone(path)  # a local file resolves to itself; names and hf:// to a cached file
+    path = resolved.path
+    format = resolved.format if format == "auto" else format  # the caller's explicit choice wins over the registry's
+    config = resolved.config if config is None else config
     obj = safe_load(path)
     kind = detect_format(obj) if format == "auto" else format
     fingerprint = file_sha256(path)
@@ -91,6 +100,10 @@ def load_backbone(
         model_config = dataclasses.asdict(backbone.config)  # the content, not a path to a JSON that can change
     # Weights and the configuration that builds the network: what ε̂ depends on (the path does not).
     backbone.identity = {"sha256": fingerprint, "format": kind, "model_config": model_config, "use_ema": bool(use_ema) if kind == "zsad" else None}
+    backbone.path = str(Path(path).absolute())  # recorded in feature recipes, never compared (the sha256 is)
+    backbone.source = spec if (resolved.name or spec.startswith("hf:")) else backbone.path  # what to ask for again
+    if resolved.trained_on and not getattr(backbone, "trained_on", ""):
+        backbone.trained_on = resolved.trained_on  # e.g. a registry entry given a JSON config instead of its preset
     backbone = backbone.to(device).eval()
     return set_fast_path(backbone, sdpa=fast_path, channels_last=fast_path)
 
@@ -104,6 +117,6 @@ def backbone_settings(backbone_cfg) -> dict:
 
 
 def load_backbone_from(backbone_cfg, device: str | torch.device = "cpu", fast_path: bool = True) -> Backbone:
-    """`load_backbone` with the settings of a config's `backbone:` section."""
+    """`load_backbone` with the settings of a config's `backbone:` section (path: a file, hf://... or a known name)."""
     s = backbone_settings(backbone_cfg)
     return load_backbone(s["path"], format=s["format"] or "auto", config=s["config"], use_ema=bool(s["use_ema"]), device=device, fast_path=fast_path)

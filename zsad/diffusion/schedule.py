@@ -36,3 +36,11 @@ def ddim_timesteps(T: int, K: int) -> torch.Tensor:
     """The kept original timesteps {0, k, …, (K−1)k} of `ddimK`, as int64."""
     k = ddim_stride(T, K)
     return torch.arange(0, K * k, k, dtype=torch.int64)
+
+
+def noise_coefficients(alphas_cumprod: torch.Tensor, t, dtype: torch.dtype = torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sqrt(ᾱ_t), sqrt(1 − ᾱ_t)) at timesteps `t` (an int, a list or a tensor), taken in float64 from the
+    schedule and only then cast to the working `dtype`: near t = 0, 1 − ᾱ in float32 loses ~1e-4 relative.
+    The one place these coefficients are computed; x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε everywhere."""
+    ab = alphas_cumprod.detach().to("cpu", torch.float64)[torch.as_tensor(t, dtype=torch.int64)]
+    return ab.sqrt().to(dtype=dtype, device=device), (1 - ab).sqrt().to(dtype=dtype, device=device)

@@ -6,9 +6,9 @@ import os
 import secrets
 import string
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from zsad.errors import ConfigError
 from zsad.utils.dist import env_global_rank
 
@@ -49,8 +49,6 @@ def build_logger(logger_cfg, out: Path, config: dict, resuming: bool = False, jo
         return []
     if kind == "csv":
         return [CSVLogger(save_dir=str(out), name="csv_logs")]
-    from lightning.pytorch.loggers import WandbLogger
-
     mode = wandb_mode(logger_cfg)
     kwargs: dict[str, Any] = dict(
         project=str(logger_cfg.project),
@@ -84,3 +82,34 @@ def close_loggers(loggers: list[Logger], failed: bool) -> None:
             wandb.finish(exit_code=1 if failed else 0)
     except ImportError:
         pass
+
+
+def log_results(loggers: list[Logger], scalars: dict[str, float], tables: Optional[dict[str, tuple[list[str], list[list]]]] = None,
+                images: Optional[dict[str, Path]] = None) -> None:
+    """Log results through whichever loggers are configured: a W&B run gets the tables, images and scalars
+    (also as summary values); any other logger gets the scalars. The one seam between zsad and loggers."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            payload: dict[str, Any] = {key: wandb.Table(columns=columns, data=rows) for key, (columns, rows) in (tables or {}).items()}
+            payload.update({key: wandb.Image(str(path)) for key, path in (images or {}).items()})
+            run = logger.experiment
+            run.log({**payload, **scalars})
+            for key, value in scalars.items():
+                run.summary[key] = value
+        else:
+            logger.log_metrics(scalars, step=0)
+            logger.save()
+
+
+def wandb_run_info(loggers: list[Logger]) -> dict | None:
+    """Where the W&B run is and, when offline, the command that uploads it (None without a W&B logger)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            run = logger.experiment
+            folder = Path(run.dir).parent if getattr(run, "dir", None) else None
+            offline = bool(getattr(run.settings, "_offline", False)) or (folder is not None and folder.name.startswith("offline-run"))
+            return {"folder": str(folder) if folder else None, "offline": offline, "sync": f"wandb sync {folder}" if offline and folder else None,
+                    "url": getattr(run, "url", None) if not offline else None}
+    return None

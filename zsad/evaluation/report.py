@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from zsad.ood.published import PUBLISHED_SOURCE
 from zsad.utils.files import disk_full_guard
 
 COLUMNS = ["scorer", "id", "ood", "shift", "auroc", "auroc_ci_low", "auroc_ci_high", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood", "published_auroc", "delta_auroc"]
@@ -42,7 +41,7 @@ def _fmt_delta(value) -> str:
     return "" if value is None else f"{value:+.3f}"
 
 
-def to_markdown(rows: list[dict], means: list[dict], title: str = "") -> str:
+def to_markdown(rows: list[dict], means: list[dict], title: str = "", published_sources: dict[str, str] | None = None) -> str:
     has_published = any(r.get("published_auroc") is not None for r in rows)
     head = ["scorer", "ID", "OOD", "shift", "AUROC [95% CI]", "FPR@95 ↓", "AUPR-In", "AUPR-Out"] + (["published AUROC", "Δ (ours − published)"] if has_published else [])
     lines = [f"## {title}", ""] if title else []
@@ -58,25 +57,27 @@ def to_markdown(rows: list[dict], means: list[dict], title: str = "") -> str:
     lines.append("")
     lines.append("Scores are −log-likelihood under the detector (higher = more anomalous); OOD is the positive class for AUROC, FPR@95TPR and AUPR-Out, ID for AUPR-In.")
     if has_published:
-        lines.append(f"Published column: {PUBLISHED_SOURCE}. A mean row's published value and Δ cover only the pairs that have both numbers (their count in brackets); our own mean covers all its pairs.")
+        where = "; ".join(f"{name}: {source}" for name, source in (published_sources or {}).items())
+        lines.append(f"Published column ({where}; shown only beside a base model trained on the same data). A mean row's published value "
+                     "and Δ cover only the pairs that have both numbers (their count in brackets); our own mean covers all its pairs.")
     return "\n".join(lines) + "\n"
 
 
-def write_results(out: Path, rows: list[dict], means: list[dict], extra: dict, title: str = "") -> str:
+def write_results(out: Path, rows: list[dict], means: list[dict], extra: dict, title: str = "", published_sources: dict[str, str] | None = None) -> str:
     """results.csv, results.md and results.json in `out`; returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
     with disk_full_guard(out / "results.json", partial=[out / "results.csv", out / "results.md", out / "results.json"]):
-        return _write_results(out, rows, means, extra, title)
+        return _write_results(out, rows, means, extra, title, published_sources)
 
 
-def _write_results(out: Path, rows: list[dict], means: list[dict], extra: dict, title: str) -> str:
+def _write_results(out: Path, rows: list[dict], means: list[dict], extra: dict, title: str, published_sources: dict[str, str] | None) -> str:
     with open(out / "results.csv", "w", newline="") as f:
         fields = COLUMNS + ["n_pairs", "n_published_pairs"]
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for r in rows + means:
             writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
-    md = to_markdown(rows, means, title)
+    md = to_markdown(rows, means, title, published_sources)
     (out / "results.md").write_text(md)
     (out / "results.json").write_text(json.dumps({"rows": rows, "means": means, **extra}, indent=2, default=str))
     return md
@@ -174,6 +175,46 @@ def plot_auroc_heatmap(path: Path, scorer: str, rows: list[dict], ids: list[str]
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_ablation(out: Path, rows: list[dict], pairs: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    groups = [g for g in ("near", "far", "all") if f"mean_{g}" in rows[0]]
+    fields = ["setting", "scorer", *pairs, *[f"mean_{g}" for g in groups]]
+    with open(out / "ablation.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields + [f"mean_{g}_ci" for g in groups])
+        for r in rows:
+            w.writerow([r.get(k) for k in fields] + [r.get(f"mean_{g}_ci") for g in groups])
+    fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+    ci = lambda r, g: f" [{r[f'mean_{g}_ci'][0]:.3f}, {r[f'mean_{g}_ci'][1]:.3f}]" if r.get(f"mean_{g}_ci") else ""  # noqa: E731
+    head = ["setting", "scorer", *pairs, *[f"mean {g}" for g in groups]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["setting"], r["scorer"], *[fmt(r.get(p)) for p in pairs], *[f"**{fmt(r[f'mean_{g}'])}**{ci(r, g)}" for g in groups]]) + " |")
+    lines += ["", "AUROC (OOD positive) per ID→OOD pair; mean rows with a 95% bootstrap interval of the mean (every pair's ID and OOD images redrawn)."]
+    (out / "ablation.md").write_text("\n".join(lines) + "\n")
+    (out / "ablation.json").write_text(json.dumps({"pairs": pairs, "rows": rows}, indent=2, default=str))
+
+
+def plot_ablation(path: Path, rows: list[dict], pairs: list[str], benchmark: str) -> Path:
+    """Per-pair AUROC per setting: one line per setting over the pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(pairs) + 2), 4), dpi=120)
+    for r in rows:
+        ax.plot(range(len(pairs)), [r.get(p, np.nan) for p in pairs], marker="o", label=f"{r['scorer']}: {r['setting']} (mean {r['mean_all']:.3f})")
+    ax.axhline(0.5, color="k", lw=0.6, ls=":")
+    ax.set_xticks(range(len(pairs)), pairs, rotation=40, ha="right", fontsize=7)
+    ax.set(ylabel="AUROC", ylim=(0, 1.02), title=f"{benchmark}: AUROC per pair and setting")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -1,5 +1,5 @@
 """Feature extraction at scale: Lightning `predict` over any number of devices, gathered by image index,
-through the on-disk cache of `zsad.ood.feature_cache`."""
+through the on-disk cache of `zsad.scoring.feature_cache`."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from zsad.data.base import ImageDataset
 from zsad.diffusion.backbone import Backbone
 from zsad.errors import FeatureError
-from zsad.ood.feature_cache import FeatureCache, FeatureSet, cache_key
-from zsad.ood.scorers import Scorer, image_seeds
+from zsad.scoring.feature_cache import FeatureCache, FeatureSet, cache_key
+from zsad.scoring.recipe import FeatureRecipe
+from zsad.scoring.scorers import Scorer, image_seeds
 from zsad.utils.console import say
 from zsad.utils.files import disk_full_guard
 from zsad.utils.progress import progress_bar
@@ -106,6 +107,14 @@ def configure_precision(allow_tf32: bool = False) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def device_for(accelerator: str) -> str:
+    """The device kind feature extraction runs on for a Lightning `accelerator` setting (auto: a GPU if any)."""
+    accelerator = str(accelerator)
+    if accelerator == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if accelerator == "gpu" else accelerator
+
+
 def run_nonce() -> str:
     """One id shared by all processes of this run (set before Lightning or srun starts them), so that
     every process agrees on which shards came from an earlier, interrupted run."""
@@ -122,19 +131,17 @@ def _barrier(trainer: Optional[L.Trainer]) -> None:
 
 def extract_features(
     backbone: Backbone,
-    backbone_id: dict,
     scorer: Scorer,
     dataset: ImageDataset,
     cache: FeatureCache,
-    seed: int,
+    recipe: FeatureRecipe,
     trainer_kwargs: dict,
     batch_size: int,
     num_workers: int,
-    runtime: dict,
     log: Callable[[str], None] = say,
 ) -> Optional[FeatureSet]:
-    """Features of every image of `dataset` (from cache when complete). Returns None on non-zero ranks."""
-    key = cache_key(backbone_id, dataset, scorer, seed, runtime)
+    """Features of every image of `dataset` made by `recipe` (from cache when complete). None on non-zero ranks."""
+    key = cache_key(recipe, dataset)
     folder = cache.folder(scorer, dataset, key)
     cached = cache.load(folder)
     if cached is not None:
@@ -155,16 +162,13 @@ def extract_features(
         resumed = f", resuming: {len(done)} already done" if len(done) else ""
         log(f"[extract] {scorer.name} features of {dataset.name}/{dataset.split}: {len(positions)} images{resumed}")
         loader = DataLoader(todo, batch_size=batch_size, sampler=ShardSampler(len(todo), trainer.global_rank, trainer.world_size), num_workers=num_workers)
-        module = OODEvaluationModule(backbone, scorer, dataset.name, dataset.split, seed)
+        module = OODEvaluationModule(backbone, scorer, dataset.name, dataset.split, recipe.seed)
         trainer.predict(module, dataloaders=loader, return_predictions=False)
     _barrier(trainer)
     result = None
     if trainer.global_rank == 0:
-        meta = {
-            "key": key, "scorer": scorer.options(), "scorer_version": scorer.version, "feature_names": scorer.feature_names,
-            "dataset": dataset.name, "split": dataset.split, "backbone": backbone_id, "seed": seed, "runtime": runtime,
-            "skipped_images": dataset.skipped,
-        }
+        meta = {"key": key, "recipe": recipe.to_dict(), "feature_names": scorer.feature_names, "dataset": dataset.name, "split": dataset.split,
+                "skipped_images": dataset.skipped}
         result = cache.finalize(folder, np.asarray(dataset.indices, dtype=np.int64), meta)
     _barrier(trainer)
     return result

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import torch
 
 from zsad.diffusion.backbone import Backbone
-from zsad.diffusion.schedule import ddim_timesteps
+from zsad.diffusion.schedule import ddim_timesteps, noise_coefficients
 from zsad.errors import ConfigError
 
 
@@ -47,36 +47,37 @@ def spaced_alphas_cumprod(backbone: Backbone, steps: int, time_range: Optional[S
 
 
 def forward_noised(backbone: Backbone, x0: torch.Tensor, ts: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x_t = sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·ε for every kept t at once: (x_t [B, K, …], sqrt(ᾱ), sqrt(1−ᾱ)),
-    the square roots taken in float64 and cast; `noise` is [B, K, …] (or broadcastable)."""
+    """x_t = sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·ε for every kept t at once: (x_t [B, K, …], sqrt(ᾱ), sqrt(1−ᾱ)) in
+    x0's dtype; `noise` is [B, K, …] (or broadcastable)."""
     K = len(ts)
-    ab = backbone.alphas_cumprod.detach().cpu()[ts]
-    sa = ab.sqrt().to(torch.float32).view(1, K, 1, 1, 1).to(x0.device)
-    s1a = (1 - ab).sqrt().to(torch.float32).view(1, K, 1, 1, 1).to(x0.device)
+    sa, s1a = (c.view(1, K, 1, 1, 1) for c in noise_coefficients(backbone.alphas_cumprod, ts, x0.dtype, x0.device))
     return sa * x0.unsqueeze(1) + s1a * noise, sa, s1a
 
 
 def ddim_invert(backbone: Backbone, x0: torch.Tensor, steps: int, clip_denoised: bool = True, time_range: Optional[Sequence[float]] = None) -> Inversion:
-    """improved-diffusion's `ddim_reverse_sample_loop` (spec §5): float64 coefficients cast to float32,
-    ᾱ'_next of the last step = 0, so the final state equals the last ε."""
+    """improved-diffusion's `ddim_reverse_sample_loop` (spec §5), in x0's dtype; ᾱ'_next of the last step
+    = 0, so the final state equals the last ε.
+
+    REFERENCE_DDIM_COEFFICIENTS: the one place that does not read `noise_coefficients`. To match the
+    reference bit for bit in float32 it uses the reference's own forms: sqrt(1/ᾱ) and sqrt(1/ᾱ − 1) taken
+    in float64 and cast, and sqrt(ᾱ_next), sqrt(1 − ᾱ_next) taken after the cast, in the working dtype."""
     ts, ab = spaced_alphas_cumprod(backbone, steps, time_range)
     ab_next = torch.cat([ab[1:], torch.zeros(1, dtype=torch.float64)])
     sqrt_recip = torch.sqrt(1.0 / ab)
     sqrt_recipm1 = torch.sqrt(1.0 / ab - 1.0)
-    device, B = x0.device, x0.shape[0]
+    device, B, dtype = x0.device, x0.shape[0], x0.dtype
     x = x0
     eps_list, raw_list, xt_list, states, x0_list = [], [], [], [], []
     for k in range(steps):
         states.append(x)
         t = torch.full((B,), int(ts[k]), dtype=torch.int64, device=device)
-        raw = backbone.predict_eps(x, t).float()
-        c1, c2 = float(sqrt_recip[k]), float(sqrt_recipm1[k])
-        c1, c2 = torch.tensor(c1, dtype=torch.float32), torch.tensor(c2, dtype=torch.float32)
+        raw = backbone.predict_eps(x, t).to(dtype)
+        c1, c2 = torch.tensor(float(sqrt_recip[k]), dtype=dtype), torch.tensor(float(sqrt_recipm1[k]), dtype=dtype)
         x0_hat = c1 * x - c2 * raw
         if clip_denoised:
             x0_hat = x0_hat.clamp(-1, 1)
         eps = (c1 * x - x0_hat) / c2
-        a_next = torch.tensor(float(ab_next[k]), dtype=torch.float32)  # sqrt taken in float32, as the reference
+        a_next = torch.tensor(float(ab_next[k]), dtype=dtype)
         x = x0_hat * torch.sqrt(a_next) + torch.sqrt(1 - a_next) * eps
         eps_list.append(eps)
         raw_list.append(raw)

@@ -6,7 +6,6 @@ cache, so a sweep costs one extraction per distinct setting and dataset, and a r
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import re
@@ -16,20 +15,27 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from zsad.config import load_config
+from zsad.config.schema import EvalConfig
 from zsad.errors import ConfigError
-from zsad.ood.metrics import bootstrap_mean_auroc
+from zsad.evaluation.evaluate import checked_scorers, evaluate
+from zsad.evaluation.metrics import bootstrap_mean_auroc
+from zsad.evaluation.report import plot_ablation, write_ablation
+from zsad.scoring.scorers import PAPER_SCORER
 from zsad.utils.console import say
+from zsad.utils.loggers import build_logger, check_logger_kind, close_loggers, log_results, wandb_run_info
 
 
 def sweep_settings(cfg: DictConfig) -> list[tuple[str, str, dict]]:
     """(label, scorer, options) for every setting: the listed ones, then the grid's product (of `scorer`)."""
     plain = OmegaConf.to_container(cfg, resolve=True)  # nested lists (time_range) as plain data
-    settings = [(str(s.get("label") or _label(s["options"])), str(s.get("scorer") or plain["scorer"]), dict(s["options"]))
+    swept = str(plain["scorer"] or PAPER_SCORER)
+    settings = [(str(s.get("label") or _label(s["options"])), str(s.get("scorer") or swept), dict(s["options"]))
                 for s in (plain["settings"] or [])]
     grid = {k: list(v) for k, v in (plain["grid"] or {}).items()}
     for combo in itertools.product(*grid.values()) if grid else []:
         options = {**dict(plain["base_options"] or {}), **dict(zip(grid, combo))}
-        settings.append((_label(dict(zip(grid, combo))), str(plain["scorer"]), options))
+        settings.append((_label(dict(zip(grid, combo))), swept, options))
     if not settings:
         raise ConfigError("The sweep is empty: list `settings` (label + options) or a `grid` of option values.")
     labels = [label for label, _, _ in settings]
@@ -44,11 +50,6 @@ def _label(options: dict) -> str:
 
 def ablate(cfg: DictConfig) -> dict[str, Any]:
     """Run every setting of the sweep on the benchmark; write the table and the plot; return them."""
-    from zsad.config import load_config
-    from zsad.config.schema import EvalConfig
-    from zsad.ood.benchmark import checked_scorers, evaluate
-    from zsad.utils.loggers import check_logger_kind
-
     out = Path(cfg.output_dir)
     settings = sweep_settings(cfg)
     base_overrides = [*cfg.overrides, f"cache_dir={cfg.cache_dir}", "logger=none", "plots=false", f"bootstrap={cfg.bootstrap}"]
@@ -91,27 +92,13 @@ def ablate(cfg: DictConfig) -> dict[str, Any]:
 
 def log_ablation(cfg: DictConfig, out: Path, rows: list[dict], pairs: list[str], plot: Path) -> dict | None:
     """One run (job_type `ablate`) holding the table, the plot and each setting's mean AUROCs."""
-    from zsad.ood.benchmark import wandb_run_info
-    from zsad.utils.loggers import build_logger, close_loggers
-
     loggers = build_logger(cfg.logger, out, OmegaConf.to_container(cfg, resolve=True), job_type="ablate")
     failed = True
     try:
-        for logger in loggers:
-            groups = [g for g in ("near", "far", "all") if f"mean_{g}" in rows[0]]
-            scalars = {f"ablate/{key}/mean_{g}": r[f"mean_{g}"] for key, r in zip(metric_keys([r["setting"] for r in rows]), rows) for g in groups}
-            if type(logger).__name__ != "WandbLogger":
-                logger.log_metrics(scalars, step=0)
-                logger.save()
-                continue
-            import wandb
-
-            columns = ["setting", "scorer", *pairs, *[f"mean_{g}" for g in groups]]
-            table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
-            run = logger.experiment
-            run.log({"ablate/table": table, "ablate/plot": wandb.Image(str(plot)), **scalars})
-            for k, v in scalars.items():
-                run.summary[k] = v
+        groups = [g for g in ("near", "far", "all") if f"mean_{g}" in rows[0]]
+        scalars = {f"ablate/{key}/mean_{g}": r[f"mean_{g}"] for key, r in zip(metric_keys([r["setting"] for r in rows]), rows) for g in groups}
+        columns = ["setting", "scorer", *pairs, *[f"mean_{g}" for g in groups]]
+        log_results(loggers, scalars, tables={"ablate/table": (columns, [[r.get(c) for c in columns] for r in rows])}, images={"ablate/plot": plot})
         failed = False
         return wandb_run_info(loggers)
     finally:
@@ -138,43 +125,3 @@ def metric_keys(labels: list[str]) -> list[str]:
 
 def _safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=," else "_" for c in label)
-
-
-def write_ablation(out: Path, rows: list[dict], pairs: list[str]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    groups = [g for g in ("near", "far", "all") if f"mean_{g}" in rows[0]]
-    fields = ["setting", "scorer", *pairs, *[f"mean_{g}" for g in groups]]
-    with open(out / "ablation.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(fields + [f"mean_{g}_ci" for g in groups])
-        for r in rows:
-            w.writerow([r.get(k) for k in fields] + [r.get(f"mean_{g}_ci") for g in groups])
-    fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
-    ci = lambda r, g: f" [{r[f'mean_{g}_ci'][0]:.3f}, {r[f'mean_{g}_ci'][1]:.3f}]" if r.get(f"mean_{g}_ci") else ""  # noqa: E731
-    head = ["setting", "scorer", *pairs, *[f"mean {g}" for g in groups]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        lines.append("| " + " | ".join([r["setting"], r["scorer"], *[fmt(r.get(p)) for p in pairs], *[f"**{fmt(r[f'mean_{g}'])}**{ci(r, g)}" for g in groups]]) + " |")
-    lines += ["", "AUROC (OOD positive) per ID→OOD pair; mean rows with a 95% bootstrap interval of the mean (every pair's ID and OOD images redrawn)."]
-    (out / "ablation.md").write_text("\n".join(lines) + "\n")
-    (out / "ablation.json").write_text(json.dumps({"pairs": pairs, "rows": rows}, indent=2, default=str))
-
-
-def plot_ablation(path: Path, rows: list[dict], pairs: list[str], benchmark: str) -> Path:
-    """Per-pair AUROC per setting: one line per setting over the pairs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(pairs) + 2), 4), dpi=120)
-    for r in rows:
-        ax.plot(range(len(pairs)), [r.get(p, np.nan) for p in pairs], marker="o", label=f"{r['scorer']}: {r['setting']} (mean {r['mean_all']:.3f})")
-    ax.axhline(0.5, color="k", lw=0.6, ls=":")
-    ax.set_xticks(range(len(pairs)), pairs, rotation=40, ha="right", fontsize=7)
-    ax.set(ylabel="AUROC", ylim=(0, 1.02), title=f"{benchmark}: AUROC per pair and setting")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

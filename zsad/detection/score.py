@@ -17,22 +17,21 @@ from torch.utils.data import DataLoader
 from zsad.data import folder_dataset
 from zsad.diffusion.loading import load_backbone
 from zsad.errors import ConfigError
-from zsad.ood.detector import load_detector
-from zsad.ood.extraction import configure_precision
-from zsad.ood.scorers import build_scorer, image_seeds
+from zsad.scoring.detector import load_detector
+from zsad.scoring.extraction import configure_precision
+from zsad.scoring.recipe import FeatureRecipe, RecipeMismatchError, recipe_for
+from zsad.scoring.scorers import build_scorer, image_seeds
 from zsad.utils.progress import progress_bar
 
 
-def detector_record(path: Path) -> dict:
-    """The `features` record that `zsad evaluate` wrote beside a fitted detector."""
-    meta_path = path.with_suffix(".json")
-    if not meta_path.is_file():
-        raise ConfigError(f"detector {path}: no {meta_path.name} there. Use a prefix written by `zsad evaluate`, e.g. outputs/eval/x/detectors/diffpath_v2/celeba.")
-    meta = json.loads(meta_path.read_text())
-    record = meta.get("features")
-    if not record or "preprocessing" not in record or "network_batch" not in record:
-        raise ConfigError(f"{meta_path} does not record how its features were made (written by an older zsad); refit it with `zsad evaluate`.")
-    return record
+def read_recipe(prefix: Path) -> FeatureRecipe:
+    """The feature recipe `zsad evaluate` wrote beside a detector prefix (…/detectors/<scorer>/<id>)."""
+    if not prefix.with_suffix(".json").is_file():
+        raise ConfigError(f"detector {prefix}: no {prefix.name}.json there. Use a prefix written by `zsad evaluate`, e.g. outputs/eval/x/detectors/diffpath_v2/celeba.")
+    recipe_path = prefix.with_suffix(".recipe.json")
+    if not recipe_path.is_file():
+        raise RecipeMismatchError(f"{prefix}: no feature recipe ({recipe_path.name}) beside the detector: it was fitted by an older zsad. Refit it with `zsad evaluate`.")
+    return FeatureRecipe.read(recipe_path)
 
 
 def autocast(device: torch.device, precision: str):
@@ -56,44 +55,40 @@ def score_images(cfg: DictConfig, log=print) -> Path:
         if OmegaConf.is_missing(cfg, key) or not cfg[key]:
             raise ConfigError(f"{key} is not set: zsad score DIR --detector PREFIX")
     images_dir, det_path = Path(cfg.images), Path(cfg.detector)
-    record = detector_record(det_path)
+    recipe = read_recipe(det_path)
     out = Path(cfg.output) if cfg.output else default_output(images_dir)
     heat_dir = Path(cfg.heatmap_dir) if cfg.heatmap_dir else out.parent / "heatmaps"
     for label, target in (("output", out), ("heat-map folder", heat_dir)):
         if images_dir.is_dir() and _inside(target, images_dir):
             raise ConfigError(f"The {label} {target} is inside the input folder {images_dir}: a later run would read its files as inputs. Choose a path outside it.")
-    scorer = build_scorer(record["scorer"]["name"], **{k: v for k, v in record["scorer"].items() if k != "name"}, network_batch=int(record["network_batch"]))
-    if cfg.heatmaps and scorer.name != "diffpath_v2":
-        raise ConfigError(f"heat maps need a diffpath_v2 detector; this one was fitted on {scorer.name} features.")
+    scorer = build_scorer(recipe.scorer_name, **{k: v for k, v in recipe.scorer.items() if k != "name"}, network_batch=int(recipe.network_batch or 8))
     detector = load_detector(det_path)
 
-    recorded = record["backbone"]
     given = OmegaConf.to_container(cfg.backbone, resolve=True) if not OmegaConf.is_missing(cfg.backbone, "path") and cfg.backbone.path else {}
-    weights = Path(given.get("path") or recorded["path"])
-    configure_precision(bool(record.get("allow_tf32", False)))
+    weights = Path(given.get("path") or recipe.weights_path)
+    configure_precision(recipe.tf32)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
-    backbone = load_backbone(weights, format=recorded.get("format") or "auto", config=recorded.get("model_config") if recorded.get("format") == "improved-diffusion" else None,
-                             use_ema=bool(recorded.get("use_ema", True)), device=device, fast_path=bool(record.get("fast_path", True)))
-    if backbone.fingerprint != recorded["sha256"]:
-        raise ConfigError(
-            f"{weights} is not the checkpoint this detector was fitted with (sha256 {backbone.fingerprint[:12]}… vs recorded "
-            f"{recorded['sha256'][:12]}…): its scores would not be comparable. Pass backbone.path= the file the detector was fitted on."
-        )
+    backbone = load_backbone(weights, format=recipe.weights_format or "auto", config=recipe.model_config if recipe.weights_format == "improved-diffusion" else None,
+                             use_ema=bool(recipe.use_ema if recipe.use_ema is not None else True), device=device, fast_path=recipe.fast_path)
+    current = recipe_for(scorer, backbone, recipe.preprocessing, recipe.seed, device, recipe.precision, recipe.tf32, recipe.fast_path, recipe.compile)
+    for message in recipe.check(current, "Pass backbone.path= the file the detector was fitted on, or refit the detector with this zsad (`zsad evaluate`)."):
+        log(f"warning: {message}")
+    if cfg.heatmaps and scorer.map_meaning is None:
+        raise ConfigError(f"heat maps need a scorer with per-pixel maps; this detector was fitted on {scorer.name} features, which have none.")
 
-    prep = record["preprocessing"]
+    prep = recipe.preprocessing
     dataset = folder_dataset(images_dir, int(prep["image_size"]), prep.get("center_crop"))
     loader = DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers))
     rows, maps = [], []
     with progress_bar(len(dataset), f"scoring {images_dir}") as bar:
         for images, indices in loader:
-            ids = image_seeds(int(record["seed"]), images)
-            with autocast(device, str(record.get("precision", "32-true"))):
-                features = scorer(backbone, images, ids).numpy()
+            ids = image_seeds(recipe.seed, images)
+            with autocast(device, recipe.precision):
+                features, batch_maps = scorer(backbone, images, ids, with_maps=True)  # one network pass for both
+            features = features.numpy()
             scores = detector.score(features)
             if cfg.heatmaps:
-                with torch.no_grad():
-                    err = scorer.errors(scorer.network(backbone), images.to(device), ids)  # [B, K, 3, H, W]
-                maps += list(err.abs().mean(dim=(1, 2)).cpu().numpy())
+                maps += list(batch_maps.numpy())
             for i, s, f in zip(indices.tolist(), scores, features):
                 rows.append([dataset.source.files[i].relative_to(images_dir).as_posix(), repr(float(s)), *map(repr, map(float, f))])
             bar.update(len(indices))

@@ -227,3 +227,21 @@ def load_detector(path: str | Path):
     if kind not in DETECTORS:
         raise ValueError(f"{path}: unknown detector kind '{kind}'")
     return DETECTORS[kind].load(path)
+
+
+def make_detector(kind: str, detector_cfg) -> GMMDetector | KDEDetector:
+    """A detector of `kind` (a scorer's `detector`: gmm | kde) with the settings of a config's `detector:` section."""
+    from omegaconf import OmegaConf
+
+    section = detector_cfg[kind]
+    settings = OmegaConf.to_container(section) if OmegaConf.is_config(section) else dict(section)
+    return DETECTORS[kind](**settings)
+
+
+def describe_detector(detector) -> str:
+    """The settings a detector was fitted with, in a few words (chosen by model selection when grid)."""
+    if isinstance(detector, KDEDetector):
+        return f"KDE, bandwidth {detector.bandwidth:g}"
+    p = detector.best_params_
+    how = f"chosen by {detector.cv_folds}-fold CV" if detector.mode == "grid" else "fixed"
+    return f"GMM {p['gmm__n_components']} components, {p['gmm__covariance_type']} covariance ({how})"

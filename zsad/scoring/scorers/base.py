@@ -1,10 +1,20 @@
-"""Scorer protocol: `scorer(backbone, images, ids) -> float64 [B, D]`, seeded per image."""
+"""The scorer interface: `features_and_maps(backbone, images, seeds) -> (float64 [B, D], maps [B, H, W] | None)`.
+
+A scorer is complete behind this interface: the pipeline (extraction, detectors, `zsad score`, the Python
+API) never names one. What a scorer declares:
+* `feature_names`, `detector` (gmm | kde), `version` (pinned by tests/test_golden_features.py);
+* `features_and_maps`: features and, where the method has them, per-pixel anomaly maps from the same
+  network pass (`compute` is the features alone);
+* `sources` and `derive`: when its features are a function of other scorers' features (DiffPath-1D of
+  DiffPath-6D's, the fused scorer of its two halves), the pipeline extracts those and derives these;
+* `network_evaluations_per_image` and `rows_per_call`, for cost reports and padding checks;
+* `published_auroc`: published numbers of the method, keyed by (ID, OOD) dataset names."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 
@@ -29,14 +39,17 @@ def image_seeds(seed: int, images: torch.Tensor) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.int64)
 
 
-def per_image_noise(ids: torch.Tensor, shape: Sequence[int], draws: int = 1) -> torch.Tensor:
+def per_image_noise(ids: torch.Tensor, shape: Sequence[int], draws: int = 1, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """N(0, I) noise, `draws` × `shape` per image from a generator seeded by its id: [B, draws, *shape].
 
-    Drawn on the CPU, so the values do not depend on the device, the batch or the process."""
-    out = torch.empty((len(ids), draws, *shape), dtype=torch.float32)
+    Drawn on the CPU, so the values do not depend on the device, the batch or the process. float32 draws
+    (what every run uses) come from torch's vectorised sampler, whose last bits differ on a CPU without
+    AVX2 (ATEN_CPU_CAPABILITY=default); float64 draws (the golden tests' dtype-exact path) are the same on
+    every instruction set."""
+    out = torch.empty((len(ids), draws, *shape), dtype=dtype)
     for row, image_id in enumerate(ids.tolist()):
         g = torch.Generator().manual_seed(int(image_id))
-        out[row] = torch.randn((draws, *shape), generator=g)
+        out[row] = torch.randn((draws, *shape), generator=g, dtype=dtype)
     return out
 
 
@@ -61,8 +74,8 @@ class FixedBatchEps:
         if pad:
             x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
             t = torch.cat([t, t.new_zeros(pad)])
-        # float32 out whatever the network ran in (bf16/fp16 autocast): the scorers' maths stays float32
-        out = [self.backbone.predict_eps(x[i : i + n], t[i : i + n]).float() for i in range(0, len(x), n)]
+        # in the input's dtype whatever the network ran in (bf16/fp16 autocast): the scorers' maths stays float32
+        out = [self.backbone.predict_eps(x[i : i + n], t[i : i + n]).to(x.dtype) for i in range(0, len(x), n)]
         return torch.cat(out)[:rows]
 
 
@@ -74,7 +87,7 @@ def padding_share(rows: int, call_size: int) -> float:
 
 @dataclasses.dataclass
 class Scorer:
-    """Base: subclasses are dataclasses of their options and implement `compute`.
+    """Base: subclasses are dataclasses of their options and implement `features_and_maps`.
 
     `network_batch` is the fixed size of every network call (see FixedBatchEps); it changes speed
     and memory, never the features on a given device. None: 8 on CPU, 256 on GPU."""
@@ -83,19 +96,32 @@ class Scorer:
 
     name: ClassVar[str] = ""
     detector: ClassVar[str] = "gmm"  # the detector that fits these features: gmm | kde
-    # Part of the feature-cache key: bump it whenever `compute` changes what it returns.
-    # tests/test_golden_features.py pins the features of every version.
+    # Part of the feature recipe and the cache key: bump it whenever `features_and_maps` changes what it
+    # returns. tests/test_golden_features.py pins the features of every version.
     version: ClassVar[int] = 1
+    # What the per-pixel maps of `features_and_maps` show; None when the scorer has no maps.
+    map_meaning: ClassVar[Optional[str]] = None
+    # Published AUROC of the method, {(ID dataset, OOD dataset): AUROC}, with where it comes from and the
+    # base model it was measured with (a table shows it only beside a backbone trained on that data).
+    published_auroc: ClassVar[dict] = {}
+    published_source: ClassVar[str] = ""
+    published_trained_on: ClassVar[str] = ""
 
     @property
     def feature_names(self) -> list[str]:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def compute(self, backbone: Backbone, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+    def features_and_maps(self, backbone: Backbone, images: torch.Tensor, seeds: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:  # pragma: no cover
+        """(features [B, D], per-pixel anomaly maps [B, H, W] or None) of preprocessed images, from one
+        pass of the network. Maps are ≥ 0 and larger where the image is less like the training data."""
         raise NotImplementedError
 
+    def compute(self, backbone: Backbone, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The features alone."""
+        return self.features_and_maps(backbone, images, ids)[0]
+
     def options(self) -> dict:
-        """Everything that determines the features (part of the feature-cache key)."""
+        """Everything that determines the features (part of the feature recipe and the cache key)."""
         opts = dataclasses.asdict(self)
         opts.pop("network_batch")
         return {"name": self.name, **opts}
@@ -104,9 +130,14 @@ class Scorer:
         """Network evaluations (ε̂ calls) each image costs: one per kept step by default."""
         return int(getattr(self, "steps", 1))
 
-    def derivable_from(self, other: "Scorer") -> bool:
-        """Whether this scorer's features can be computed from `other`'s without the network."""
-        return False
+    def sources(self) -> list["Scorer"]:
+        """Scorers whose features determine these without the network (see `derive`); [] when none."""
+        return []
+
+    def derive(self, source_features: Sequence) -> Any:
+        """These features from the features of `sources()` (torch tensors or numpy arrays, in that order),
+        bit-identical to `compute`."""
+        raise NotImplementedError(f"{self.name} is not derived from other scorers' features")
 
     def rows_per_call(self, batch: int) -> int:
         """Images per network call when `batch` images come in: one call per kept step by default."""
@@ -121,8 +152,11 @@ class Scorer:
         return FixedBatchEps(backbone, self.network_batch_for(backbone.alphas_cumprod.device))
 
     @torch.inference_mode()
-    def __call__(self, backbone: Backbone, images: torch.Tensor, ids: Optional[torch.Tensor | Sequence[int]] = None, seed: int = 0) -> torch.Tensor:
-        """Features float64 [B, D] of preprocessed images [B, 3, S, S] in [-1, 1].
+    def __call__(
+        self, backbone: Backbone, images: torch.Tensor, ids: Optional[torch.Tensor | Sequence[int]] = None, seed: int = 0, with_maps: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Features float64 [B, D] of preprocessed images [B, 3, S, S] in [-1, 1]; with `with_maps`, also
+        the per-pixel maps float32 [B, S, S] (None when the scorer has none), from the same network pass.
 
         ids: per-image noise seeds; by default `image_seeds(seed, images)`, what `zsad evaluate` and
         `zsad score` use, so the Python API gives the same features for the same image."""
@@ -132,14 +166,17 @@ class Scorer:
         if len(ids) != len(images):
             raise ValueError(f"one id per image: got {len(images)} images and {len(ids)} ids")
         device = backbone.alphas_cumprod.device
-        features = self.compute(self.network(backbone), images.to(device=device, dtype=torch.float32), ids).to(torch.float64).cpu()
+        features, maps = self.features_and_maps(self.network(backbone), images.to(device=device, dtype=torch.float32), ids)
+        features = features.to(torch.float64).cpu()
         bad = (~torch.isfinite(features)).any(dim=1).nonzero().flatten().tolist()
         if bad:
             raise FeatureError(
                 f"{self.name} produced non-finite features for {len(bad)} image(s) at batch positions {bad[:10]} "
                 f"(ids {ids[bad[:10]].tolist()}); check the inputs are finite and in [-1, 1] and the backbone is sound."
             )
-        return features
+        if not with_maps:
+            return features
+        return features, None if maps is None else maps.to(torch.float32).cpu()
 
 
 def moments(x: torch.Tensor, d: torch.Tensor, absolute: bool = False) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""On-disk feature cache: one entry per (backbone, dataset split, scorer, seed, runtime), complete or not.
+"""On-disk feature cache: one entry per (feature recipe, dataset split), complete or not.
 
 An entry is `<root>/<scorer>/<dataset>_<split>/<key[:24]>/` holding `features.npz` + `meta.json` when
 complete and `shards/` while extraction runs. Several runs may share a root at the same time (a
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import pickle
@@ -22,12 +21,13 @@ import numpy as np
 import torch
 
 from zsad.data.base import ImageDataset
-from zsad.ood.scorers import Scorer
+from zsad.scoring.recipe import FeatureRecipe
+from zsad.scoring.scorers import Scorer
 from zsad.utils.console import say
 from zsad.utils.files import disk_full_guard
 
 # Bump when the layout of an entry changes (not the features: those have Scorer.version).
-FEATURE_FORMAT_VERSION = 2
+FEATURE_FORMAT_VERSION = 3  # 3: keyed by the feature recipe (zsad/scoring/recipe.py)
 # What a damaged file can raise while being read back.
 _READ_ERRORS = (OSError, EOFError, ValueError, KeyError, RuntimeError, zipfile.BadZipFile, json.JSONDecodeError, pickle.UnpicklingError)
 
@@ -44,34 +44,10 @@ class FeatureSet:
     from_cache: bool = False
 
 
-def runtime_identity(device: torch.device | str, precision: str = "32-true", fast_path: Optional[dict] = None) -> dict:
-    """What changes ε̂ besides the weights: device kind (and GPU model), precision, TF32 flags, and the
-    kernels of the inference fast path (float rounding only, but features must be a pure function)."""
-    device = torch.device(device)
-    kind = device.type
-    if kind == "cuda":
-        kind = f"cuda:{torch.cuda.get_device_name(device)}"
-    return {
-        "device": kind,
-        "precision": precision,
-        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
-        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
-        "fast_path": fast_path or {},
-    }
-
-
-def cache_key(backbone_id: dict, dataset: ImageDataset, scorer: Scorer, seed: int, runtime: dict) -> str:
-    """sha256 of everything a feature depends on; nothing else (output folder, loader batch, bootstrap)."""
-    payload = {
-        "format": FEATURE_FORMAT_VERSION,
-        "backbone": backbone_id,
-        "dataset": dataset.fingerprint(),
-        "scorer": scorer.options(),
-        "scorer_version": scorer.version,
-        "seed": int(seed),
-        "runtime": runtime,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+def cache_key(recipe: FeatureRecipe, dataset: ImageDataset) -> str:
+    """sha256 of the recipe's identity fields and the dataset's file identity; nothing else (output folder,
+    loader batch, `network_batch`, bootstrap)."""
+    return recipe.key(FEATURE_FORMAT_VERSION, dataset.fingerprint())
 
 
 class FeatureCache:

@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks (evaluate, ablate, test), metrics, reports."""

@@ -1,1 +1,0 @@
-"""Zero-shot OOD detection: scorers → cached features → detector → metrics → benchmark report."""
