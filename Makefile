@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-slurm train-celeba eval-all eval-published demo ablate real32 bench bench-gpu clean
+.PHONY: help install lint test test-slow test-slurm docs ad-demo train-celeba eval-all eval-published demo ablate real32 bench bench-gpu clean
 
 help: $(BIN)/zsad ## list the targets (installs .venv first if missing)
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ $(BIN)/zsad: pyproject.toml
 
 install: $(BIN)/zsad ## create .venv and install zsad with its dev extras
 
+lint: $(BIN)/zsad ## ruff over the package, tests, benchmarks and experiments (pyproject.toml [tool.ruff])
+	$(BIN)/ruff check zsad tests bench experiments docs/hooks.py
+
 test: $(BIN)/zsad ## run the test suite (the command CI runs)
 	$(BIN)/python -m pytest -q tests
 
@@ -30,6 +33,9 @@ test-slow: $(BIN)/zsad ## run the tests marked slow
 
 test-slurm: $(BIN)/zsad ## run the Slurm tests (starts a one-node cluster on localhost)
 	$(BIN)/python -m pytest -q -m slurm tests
+
+docs: $(BIN)/zsad ## build the documentation site offline (outputs/site)
+	$(BIN)/mkdocs build --strict
 
 train-celeba: $(BIN)/zsad ## train the base DDPM on CelebA 32x32 (ARGS="key=value ..." to override)
 	$(BIN)/zsad train -c conf/train/celeba32.yaml $(ARGS)
@@ -48,6 +54,9 @@ ablate: $(BIN)/zsad ## one table for many settings of a scorer (CONFIG=conf/abla
 
 real32: $(BIN)/zsad ## the 32 px real-image benchmark: train ~1 h on CPU, evaluate, ablate (experiments/real32/)
 	bash experiments/real32/run.sh
+
+ad-demo: $(BIN)/zsad ## offline industrial defect benchmark: MVTec-layout data from package images, fit + test (outputs/ad-demo/)
+	bash experiments/ad_demo/run.sh $(ARGS)
 
 bench: $(BIN)/zsad ## CPU speed: scorer images/s before/after the fast path, GMM selection time (outputs/bench/)
 	$(BIN)/python bench/bench_scorers.py $(ARGS)

@@ -56,7 +56,6 @@ def network_rate(backbone, batch: int, precision: str, seconds: float) -> dict:
 def pipeline_rate(precision: str, images: int, batch: int) -> dict:
     """`zsad evaluate`'s extraction (Lightning predict, loader, seeds, scorer, shard writes) on generated images."""
     import numpy as np
-    from omegaconf import OmegaConf
 
     from zsad.data.base import ArraySource, ImageDataset
     from zsad.data.transforms import build_transform

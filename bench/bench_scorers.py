@@ -78,8 +78,8 @@ GMM_VARIANTS = {
 def _gmm_worker(label: str, n: int, queue) -> None:
     import numpy as np
 
-    from zsad.scoring.detector import GMMDetector
     from zsad.evaluation.metrics import auroc
+    from zsad.scoring.detector import GMMDetector
 
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 4, (20, 6))

@@ -69,3 +69,11 @@ def smoke_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smoke_checkpoint(smoke_run) -> Path:
     return smoke_run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """The smoke model trained for 200 steps (about half a minute): enough to tell smooth images from noise."""
+    out = tmp_path_factory.mktemp("trained")
+    run_cli(*SMOKE_TRAIN, "trainer.max_steps=200", "checkpoint.every_n_steps=1000", "logger=none", f"output_dir={out}")
+    return out / "checkpoints" / "last.ckpt"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from omegaconf import OmegaConf
 
-from conftest import REPO
 from zsad.config import ConfigError, load_config
 from zsad.config import schema as S
 

@@ -65,8 +65,8 @@ def _level_coded(shape: tuple) -> np.ndarray:
 def test_real_photograph_sets_take_each_split_from_its_own_blocks(name, monkeypatch):
     """The real sets' sources replaced by level-coded images of the same shapes: every crop must be flat at
     the level of a block of its own split's parity, so fit and test crops can never share a pixel."""
-    import sklearn.datasets
     import skimage.data
+    import sklearn.datasets
 
     from zsad.data import package_images
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import REPO, run_cli
 from omegaconf import OmegaConf
 
-from conftest import REPO, run_cli
 from zsad.utils.wandb_offline import find_offline_runs, read_offline_run
 
 

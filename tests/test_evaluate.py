@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
+from conftest import run_cli, run_inprocess
 from omegaconf import OmegaConf
 
-from conftest import run_cli, run_inprocess
 from zsad.utils.wandb_offline import find_offline_runs, read_offline_run
 
 SMOKE_EVAL = ["evaluate", "-c", "conf/eval/smoke.yaml"]
@@ -119,8 +118,9 @@ def test_one_and_two_processes_give_identical_features(smoke_checkpoint, tmp_pat
 
 def test_interrupted_extraction_resumes(tmp_path, capsys):
     from helpers import extraction_setup
-    from zsad.scoring.feature_cache import FeatureCache, cache_key
+
     from zsad.scoring.extraction import extract_features
+    from zsad.scoring.feature_cache import FeatureCache, cache_key
     from zsad.scoring.scorers import image_seeds
 
     backbone, dataset, scorer, kw = extraction_setup()
@@ -222,9 +222,9 @@ def test_score_refuses_other_weights_and_outputs_inside_the_input(folder_benchma
 
 
 def test_same_image_in_two_folders_has_identical_features(tmp_path):
+    from helpers import extraction_setup
     from PIL import Image
 
-    from helpers import extraction_setup
     from zsad.config.schema import DataConfig
     from zsad.data import build_dataset, make_builtin
     from zsad.scoring.extraction import extract_features

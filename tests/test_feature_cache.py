@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-import torch
-from omegaconf import OmegaConf
-
 from conftest import REPO, ZSAD, cli_env, run_cli
 from helpers import extraction_setup, recipe_of
+from omegaconf import OmegaConf
+
 from zsad.config.schema import DataConfig
 from zsad.data import build_dataset
 from zsad.scoring.extraction import extract_features
@@ -86,8 +83,9 @@ def test_dataset_file_identity_recomputes(setup, tmp_path):
 
 
 def test_improved_diffusion_identity_holds_the_config_content(tmp_path):
-    import zsad
     from conftest import FIXTURES
+
+    import zsad
 
     cfg = json.loads((FIXTURES / "small_config.json").read_text())
     (tmp_path / "a.json").write_text(json.dumps(cfg))

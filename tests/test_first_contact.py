@@ -9,7 +9,6 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from conftest import SMOKE_TRAIN, run_cli, run_inprocess
 
 SMOKE_EVAL = ["evaluate", "-c", "conf/eval/smoke.yaml"]
@@ -109,6 +108,7 @@ def test_full_disk_while_writing_a_cache_entry_or_results(tmp_path, monkeypatch)
 
     monkeypatch.setattr(np, "savez", full_disk)
     from helpers import extraction_setup
+
     from zsad.scoring.extraction import extract_features
     from zsad.scoring.feature_cache import FeatureCache
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import FIXTURES as F
 
 import zsad
-from conftest import FIXTURES as F
 from zsad.diffusion.improved_diffusion import PRESETS, key_shapes, resolve_config
 from zsad.errors import BackboneLoadError
 

@@ -7,9 +7,9 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from zsad.errors import ConfigError
-from zsad.scoring.detector import GMMDetector, KDEDetector, load_detector
 from zsad.evaluation.metrics import auroc, bootstrap_auroc_ci, fpr_at_tpr, ood_metrics, rank_scores
 from zsad.evaluation.metrics import roc_curve as metric_roc_curve
+from zsad.scoring.detector import GMMDetector, KDEDetector, load_detector
 
 
 def sklearn_metrics(id_s, ood_s) -> dict:

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import math
 
+import helpers
 import pytest
 import torch
+from helpers import analytic_eps
 from kornia.metrics import ssim
 
-import helpers
 import zsad
-from helpers import analytic_eps
 from zsad.diffusion.schedule import cosine_alphas_cumprod, ddim_timesteps
 from zsad.scoring.scorers import per_image_noise
 

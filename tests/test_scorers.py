@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import NaNBackbone, OracleBackbone, ZeroBackbone, random_backbone
 
 import zsad
-from zsad.scoring.scorers.fused import V2_HALF_DEFAULTS
-from helpers import NaNBackbone, OracleBackbone, ZeroBackbone, random_backbone
 from zsad.errors import ConfigError, FeatureError, UnknownNameError
 from zsad.scoring.scorers import SCORERS, image_seeds
 from zsad.scoring.scorers.diffpath_v2 import ssim_weight
+from zsad.scoring.scorers.fused import V2_HALF_DEFAULTS
 
 FAST = {
     "diffpath_v2": {"steps": 4},

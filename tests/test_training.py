@@ -10,8 +10,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO, SMOKE_TRAIN, ZSAD, cli_env, run_cli, run_inprocess
+
 from zsad.utils.wandb_offline import find_offline_runs, logged_keys, read_offline_run
 
 

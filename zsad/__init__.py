@@ -1,6 +1,7 @@
 """zsad: zero-shot image anomaly detection with diffusion models (DiffPath, DiffPathV2).
 
-Public API: `load_backbone`, `build_scorer`, `GMMDetector`, `ood_metrics`. Heavy modules import lazily.
+Public API: `AnomalyDetector` (fit on normal images, score, localise), `load_backbone`, `build_scorer`,
+`GMMDetector`, `ood_metrics`. Heavy modules import lazily.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
+    "AnomalyDetector": ("zsad.detection.model", "AnomalyDetector"),
     "load_backbone": ("zsad.diffusion.loading", "load_backbone"),
     "build_scorer": ("zsad.scoring.scorers", "build_scorer"),
     "GMMDetector": ("zsad.scoring.detector", "GMMDetector"),

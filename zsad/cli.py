@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
-from zsad.errors import ZsadError
+from omegaconf import OmegaConf
+
+from zsad.errors import ConfigError, ZsadError
 
 
 def _cmd_train(args) -> int:
@@ -41,20 +44,60 @@ def _cmd_evaluate(args) -> int:
 def _cmd_score(args) -> int:
     from zsad.config import load_config
     from zsad.config.schema import ScoreConfig
-    from zsad.detection.score import score_images
+    from zsad.detection.score import score_folder
 
     overrides = list(args.overrides)
     if args.images is not None and "=" in args.images:  # `zsad score -c C images=DIR …` (the older form)
         overrides.insert(0, args.images)
         args.images = None
-    for key, value in (("images", args.images), ("detector", args.detector), ("output", args.out)):
+    for key, value in (("images", args.images), ("detector", args.detector), ("output", args.out), ("false_alarm_rate", args.false_alarm_rate),
+                       ("device", args.device), ("batch_size", args.batch_size)):
         if value is not None:
             overrides.append(f"{key}={value}")
-    if args.heatmaps:
-        overrides.append("heatmaps=true")
+    for flag in ("heatmaps", "skip_corrupt"):
+        if getattr(args, flag):
+            overrides.append(f"{flag}=true")
     cfg = load_config(args.config, overrides, ScoreConfig)
-    path = score_images(cfg)
-    print(f"scores written to {path}")
+    for key in ("images", "detector"):
+        if OmegaConf.is_missing(cfg, key) or not cfg[key]:
+            raise ConfigError(f"{key} is not set: zsad score DIR --detector DETECTOR")
+    backbone = None if OmegaConf.is_missing(cfg.backbone, "path") or not cfg.backbone.path else str(cfg.backbone.path)
+    summary = score_folder(cfg.images, cfg.detector, cfg.output, cfg.false_alarm_rate, bool(cfg.heatmaps), int(cfg.batch_size), str(cfg.device),
+                           backbone, bool(cfg.skip_corrupt))
+    print("\n".join(summary.lines()))
+    print(f"scores written to {summary.csv}")
+    return 0
+
+
+def _cmd_fit(args) -> int:
+    from zsad.detection.fit import fit_folder
+
+    options = dict(backbone=args.backbone, false_alarm_rate=args.false_alarm_rate, shots=args.shots, working_size=args.working_size,
+                   tile_stride=args.tile_stride, device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size,
+                   map_combination=args.map_combination, aggregation=args.aggregation, tile_position=args.tile_position,
+                   skip_corrupt=args.skip_corrupt)
+    if args.scorer:
+        options["scorer"] = args.scorer
+    _, lines = fit_folder(args.normal_dir, args.out, force=args.force, **options)
+    print("\n".join(lines))
+    return 0
+
+
+def _cmd_test(args) -> int:
+    from zsad.config.schema import LoggerConfig
+    from zsad.evaluation.industrial import IndustrialSettings, run_test
+
+    settings = IndustrialSettings(false_alarm_rate=args.false_alarm_rate, shots=args.shots, working_size=args.working_size, tile_stride=args.tile_stride,
+                                  map_combination=args.map_combination, aggregation=args.aggregation, metric_size=args.metric_size,
+                                  baselines=not args.no_baselines, device=args.device, batch_size=args.batch_size, cache_dir=args.cache_dir)
+    if args.scorers:
+        settings.scorers = [s.strip() for s in args.scorers.split(",") if s.strip()]
+    logger = OmegaConf.merge(OmegaConf.structured(LoggerConfig), {"kind": args.logger})
+    result = run_test(args.data, args.out, backbone=args.backbone, detector=args.detector, settings=settings, logger_cfg=logger)
+    print(result["table_markdown"])
+    print(f"table {Path(result['output_dir']) / 'results.md'} (+ .csv, .json) · overlays {Path(result['output_dir']) / 'overlays'}/")
+    if result.get("wandb") and result["wandb"].get("sync"):
+        print(f"W&B: offline run; upload it with: {result['wandb']['sync']}")
     return 0
 
 
@@ -113,18 +156,77 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
         p.set_defaults(func={"train": _cmd_train, "evaluate": _cmd_evaluate, "ablate": _cmd_ablate}[name])
     p = sub.add_parser(
-        "score", help="score a folder of images with a fitted detector", parents=[common],
-        description="Per-image anomaly scores for every image under DIR, computed exactly as the benchmark that fitted "
-        "the detector computed its features (preprocessing, scorer, seed, weights all come from the detector's JSON).",
-        epilog="example: zsad score photos/ --detector outputs/demo/detectors/diffpath_v2/digits --out scores.csv --heatmaps",
+        "fit", help="fit a detector on a folder of normal images, with a false-alarm rate that holds", parents=[common],
+        description="Split the normal images by hashed file name into a fit part and a calibration part, fit the detector on the "
+        "fit part's diffusion features (per tile of the image resized to --working-size), and calibrate on the rest: a new normal "
+        "image is flagged with probability at most --false-alarm-rate. Writes one folder: detector, feature recipe, calibration "
+        "scores, threshold, map settings and card.md.",
+        epilog="example: zsad fit good_parts/ -o detectors/parts --backbone diffpath-celeba32 --false-alarm-rate 0.01",
+    )
+    p.add_argument("normal_dir", help="folder of normal images (searched recursively)")
+    p.add_argument("-o", "--out", required=True, help="detector folder to write (not inside NORMAL_DIR)")
+    p.add_argument("--backbone", default="diffpath-celeba32", help="a checkpoint file, hf://OWNER/REPO/FILE[@REV] or a known name "
+                   "(diffpath-celeba32, openai-imagenet64, zsad-demo); default: diffpath-celeba32")
+    p.add_argument("--scorer", default=None, help="default: zsad's recommended detector (diffpath_fused)")
+    p.add_argument("--false-alarm-rate", type=float, default=0.05, help="α: the share of normal images flagged, at most (default 0.05)")
+    p.add_argument("--shots", type=int, default=None, help="fit on N normal images only (calibration stays the same)")
+    p.add_argument("--working-size", type=int, default=None, help="images are resized to this size and cut into tiles at the backbone's "
+                   "resolution (default 256; the backbone's own size = one tile per image)")
+    p.add_argument("--tile-stride", type=int, default=None, help="pixels between tiles (default: half a tile)")
+    p.add_argument("--map-combination", choices=["tile", "tile+pixel", "pixel"], default=None,
+                   help="anomaly map: tile scores, tile scores + the scorer's per-pixel maps (default where it has them), or pixel maps")
+    p.add_argument("--aggregation", choices=["max", "top_k"], default="max", help="image score: the maximum of the tile map, or the mean of its top 10%% of pixels")
+    p.add_argument("--tile-position", action="store_true", help="give the detector each tile's position too (objects at a fixed place)")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, …")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (tiles of a batch share network calls)")
+    p.add_argument("--cache-dir", default="outputs/feature_cache", help="feature cache (default outputs/feature_cache)")
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (counted) instead of stopping at the first")
+    p.add_argument("--force", action="store_true", help="replace an existing detector folder")
+    p.set_defaults(func=_cmd_fit, overrides=[])
+    p = sub.add_parser(
+        "score", help="score a folder of images: anomaly scores, p-values, decisions, overlays", parents=[common],
+        description="One CSV row per image under DIR (file, anomaly_score, p_value, is_anomaly, features), in the folder's order, "
+        "computed exactly as the detector's features were (its recorded recipe). With a `zsad fit` detector, p_value is the "
+        "split-conformal p-value and is_anomaly = p_value ≤ the false-alarm rate.",
+        epilog="example: zsad score to_check/ --detector detectors/parts --heatmaps --out outputs/score/to_check",
     )
     p.add_argument("images", nargs="?", default=None, help="folder of images (searched recursively)")
-    p.add_argument("--detector", default=None, help="a detector prefix written by `zsad evaluate` (…/detectors/<scorer>/<id>)")
-    p.add_argument("--out", default=None, help="CSV path (default: outputs/score/<DIR name>/scores.csv)")
-    p.add_argument("--heatmaps", action="store_true", help="also write per-pixel error heat maps (diffpath_v2 detectors)")
+    p.add_argument("--detector", default=None, help="a folder written by `zsad fit`, or a prefix written by `zsad evaluate` (…/detectors/<scorer>/<id>)")
+    p.add_argument("--out", default=None, help="CSV path or folder (default: outputs/score/<DIR name>/scores.csv); overlays go to heatmaps/ beside it")
+    p.add_argument("--false-alarm-rate", type=float, default=None, help="decide at this rate instead of the fitted one")
+    p.add_argument("--heatmaps", action="store_true", help="write an overlay per image and a contact sheet of the most anomalous")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, …")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default 16)")
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (counted) instead of stopping at the first")
     p.add_argument("-c", "--config", default=None, help="optional YAML config (conf/score/default.yaml holds the defaults)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. backbone.path=CKPT batch_size=16")
     p.set_defaults(func=_cmd_score)
+    p = sub.add_parser(
+        "test", help="test on labelled data (MVTec AD layout or folders): image and pixel metrics per category", parents=[common],
+        description="For each category: fit on its normal training images (split into fit and calibration parts as `zsad fit`), "
+        "score its test images, and report image AUROC/AUPR/F1-max, the false-alarm and detection rates at the conformal threshold "
+        "(Clopper–Pearson intervals), and pixel AUROC/AUPR/AUPRO where there are masks; the same for two simple baselines "
+        "(pixel_gaussian, nearest_ssim). Writes results.{md,csv,json}, overlays of the best hits and worst misses, and a W&B run.",
+        epilog="example: zsad test --data mvtec:data/mvtec_anomaly_detection/bottle --backbone diffpath-celeba32 -o outputs/test/bottle",
+    )
+    p.add_argument("--data", required=True, help="mvtec:ROOT[/CATEGORY] or folder:NORMAL_DIR,ABNORMAL_DIR[,MASK_DIR]")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--backbone", default=None, help="the base model to fit with (a file, hf://… or a known name)")
+    p.add_argument("--detector", default=None, help="test a detector folder already fitted by `zsad fit` instead of fitting")
+    p.add_argument("--scorers", default=None, help="comma-separated scorers (default: diffpath_fused)")
+    p.add_argument("--false-alarm-rate", type=float, default=0.05, help="α of the conformal threshold (default 0.05)")
+    p.add_argument("--shots", type=int, default=None, help="fit on N normal images per category (calibration unchanged)")
+    p.add_argument("--working-size", type=int, default=None, help="default 256 (see zsad fit)")
+    p.add_argument("--tile-stride", type=int, default=None, help="default: half a tile")
+    p.add_argument("--map-combination", choices=["tile", "tile+pixel", "pixel"], default=None)
+    p.add_argument("--aggregation", choices=["max", "top_k"], default="max")
+    p.add_argument("--metric-size", type=int, default=None, help="compute pixel metrics at this size instead of the masks' resolution")
+    p.add_argument("--no-baselines", action="store_true", help="skip the pixel_gaussian and nearest_ssim rows")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--cache-dir", default="outputs/feature_cache")
+    p.add_argument("--logger", choices=["wandb", "csv", "none"], default="wandb", help="where the table and overlays are logged (W&B offline by default)")
+    p.set_defaults(func=_cmd_test, overrides=[])
     p = sub.add_parser(
         "demo", help="train + evaluate end to end on built-in data (CPU, minutes)", parents=[common],
         description="Train a small base model on the built-in 'shapes' set (conf/train/demo.yaml), then evaluate three "

@@ -209,16 +209,16 @@ class EvalConfig:
 
 @dataclass
 class ScoreConfig:
-    """`zsad score`: anomaly scores for a folder of images with a detector fitted by `zsad evaluate`."""
+    """`zsad score`: scores, p-values and overlays for a folder of images with a fitted detector."""
 
     images: str = "???"  # folder of images (searched recursively)
-    detector: str = "???"  # path prefix of a saved detector (…/detectors/<scorer>/<id>)
-    output: Optional[str] = None  # CSV path; default: outputs/score/<images folder name>/scores.csv
+    detector: str = "???"  # a `zsad fit` folder, or a `zsad evaluate` prefix (…/detectors/<scorer>/<id>)
+    output: Optional[str] = None  # CSV path or folder; default: outputs/score/<images folder name>/scores.csv
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # default: the weights the detector records
-    batch_size: int = 64
-    num_workers: int = 2
-    heatmaps: bool = False  # diffpath_v2 only: per-pixel weighted-error maps as PNG
-    heatmap_dir: Optional[str] = None  # default: heatmaps/ beside the CSV (never inside the input folder)
+    false_alarm_rate: Optional[float] = None  # default: the rate the detector was fitted for
+    batch_size: int = 16
+    heatmaps: bool = False  # an overlay per image and a contact sheet (heatmaps/ beside the CSV)
+    skip_corrupt: bool = False
     device: str = "auto"
 
 

@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
+
 from zsad.data.package_images import PACKAGE_SETS
 from zsad.errors import ConfigError, UnknownNameError
 

@@ -18,8 +18,8 @@ from zsad.data.base import (
     TorchvisionSource,
 )
 from zsad.data.builtin import BUILTIN_NAMES, make_builtin
-from zsad.errors import ConfigError, UnknownNameError
 from zsad.data.transforms import CELEBA_CROP, build_transform
+from zsad.errors import ConfigError, UnknownNameError
 
 CELEBA_SPLITS = {"train": "0", "valid": "1", "test": "2"}
 

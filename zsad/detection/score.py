@@ -1,124 +1,142 @@
-"""`zsad score`: anomaly scores (and optional error heat maps) for a folder of images, computed exactly as
-the benchmark that fitted the detector computed its features (same preprocessing, scorer, network call
-size, seeds and weights), so an image gets the same score here as in `zsad evaluate`."""
+"""`zsad score DIR --detector D`: one CSV row per image (file, anomaly_score, p_value, is_anomaly, features),
+overlays and a contact sheet, streamed to disk batch by batch so memory stays flat with the folder's size.
+
+D is a folder written by `zsad fit` (p-values and decisions at its false-alarm rate, or `--false-alarm-rate`)
+or a prefix written by `zsad evaluate` (no calibration: empty p_value and is_anomaly columns, and the
+benchmark's exact per-image scores)."""
 
 from __future__ import annotations
 
 import csv
-import json
+import heapq
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
-from zsad.data import folder_dataset
-from zsad.diffusion.loading import load_backbone
+from zsad.detection.inputs import as_images
+from zsad.detection.maps import upsample
+from zsad.detection.model import AnomalyDetector
+from zsad.detection.overlays import ContactSheet, OverlayStyle, overlay
 from zsad.errors import ConfigError
-from zsad.scoring.detector import load_detector
-from zsad.scoring.extraction import configure_precision
-from zsad.scoring.recipe import FeatureRecipe, RecipeMismatchError, recipe_for
-from zsad.scoring.scorers import build_scorer, image_seeds
-from zsad.utils.progress import progress_bar
-
-
-def read_recipe(prefix: Path) -> FeatureRecipe:
-    """The feature recipe `zsad evaluate` wrote beside a detector prefix (…/detectors/<scorer>/<id>)."""
-    if not prefix.with_suffix(".json").is_file():
-        raise ConfigError(f"detector {prefix}: no {prefix.name}.json there. Use a prefix written by `zsad evaluate`, e.g. outputs/eval/x/detectors/diffpath_v2/celeba.")
-    recipe_path = prefix.with_suffix(".recipe.json")
-    if not recipe_path.is_file():
-        raise RecipeMismatchError(f"{prefix}: no feature recipe ({recipe_path.name}) beside the detector: it was fitted by an older zsad. Refit it with `zsad evaluate`.")
-    return FeatureRecipe.read(recipe_path)
-
-
-def autocast(device: torch.device, precision: str):
-    """The network precision the benchmark extracted with (Lightning's `precision`), outside Lightning."""
-    dtypes = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-    return torch.autocast(device.type, dtype=dtypes.get(precision, torch.float32), enabled=precision in dtypes)
+from zsad.utils.console import say
 
 
 def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-def default_output(images: Path) -> Path:
-    """outputs/score/<folder name>/scores.csv: never inside the input folder."""
-    return Path("outputs") / "score" / images.resolve().name / "scores.csv"
-
-
-def score_images(cfg: DictConfig, log=print) -> Path:
-    """Write a CSV (file, anomaly_score, features…) for every image under `cfg.images`; returns its path."""
-    for key in ("images", "detector"):
-        if OmegaConf.is_missing(cfg, key) or not cfg[key]:
-            raise ConfigError(f"{key} is not set: zsad score DIR --detector PREFIX")
-    images_dir, det_path = Path(cfg.images), Path(cfg.detector)
-    recipe = read_recipe(det_path)
-    out = Path(cfg.output) if cfg.output else default_output(images_dir)
-    heat_dir = Path(cfg.heatmap_dir) if cfg.heatmap_dir else out.parent / "heatmaps"
-    for label, target in (("output", out), ("heat-map folder", heat_dir)):
+def output_paths(images_dir: Path, out: Optional[str]) -> tuple[Path, Path]:
+    """(CSV, overlay folder): `--out` is the CSV path or a folder (default outputs/score/<DIR name>/); overlays go to
+    heatmaps/ beside the CSV. Neither may be inside the input folder."""
+    if out is None:
+        csv_path = Path("outputs") / "score" / images_dir.resolve().name / "scores.csv"
+    else:
+        csv_path = Path(out) if Path(out).suffix.lower() == ".csv" else Path(out) / "scores.csv"
+    heat = csv_path.parent / "heatmaps"
+    for label, target in (("output", csv_path), ("overlay folder", heat)):
         if images_dir.is_dir() and _inside(target, images_dir):
-            raise ConfigError(f"The {label} {target} is inside the input folder {images_dir}: a later run would read its files as inputs. Choose a path outside it.")
-    scorer = build_scorer(recipe.scorer_name, **{k: v for k, v in recipe.scorer.items() if k != "name"}, network_batch=int(recipe.network_batch or 8))
-    detector = load_detector(det_path)
-
-    given = OmegaConf.to_container(cfg.backbone, resolve=True) if not OmegaConf.is_missing(cfg.backbone, "path") and cfg.backbone.path else {}
-    weights = Path(given.get("path") or recipe.weights_path)
-    configure_precision(recipe.tf32)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
-    backbone = load_backbone(weights, format=recipe.weights_format or "auto", config=recipe.model_config if recipe.weights_format == "improved-diffusion" else None,
-                             use_ema=bool(recipe.use_ema if recipe.use_ema is not None else True), device=device, fast_path=recipe.fast_path)
-    current = recipe_for(scorer, backbone, recipe.preprocessing, recipe.seed, device, recipe.precision, recipe.tf32, recipe.fast_path, recipe.compile)
-    for message in recipe.check(current, "Pass backbone.path= the file the detector was fitted on, or refit the detector with this zsad (`zsad evaluate`)."):
-        log(f"warning: {message}")
-    if cfg.heatmaps and scorer.map_meaning is None:
-        raise ConfigError(f"heat maps need a scorer with per-pixel maps; this detector was fitted on {scorer.name} features, which have none.")
-
-    prep = recipe.preprocessing
-    dataset = folder_dataset(images_dir, int(prep["image_size"]), prep.get("center_crop"))
-    loader = DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers))
-    rows, maps = [], []
-    with progress_bar(len(dataset), f"scoring {images_dir}") as bar:
-        for images, indices in loader:
-            ids = image_seeds(recipe.seed, images)
-            with autocast(device, recipe.precision):
-                features, batch_maps = scorer(backbone, images, ids, with_maps=True)  # one network pass for both
-            features = features.numpy()
-            scores = detector.score(features)
-            if cfg.heatmaps:
-                maps += list(batch_maps.numpy())
-            for i, s, f in zip(indices.tolist(), scores, features):
-                rows.append([dataset.source.files[i].relative_to(images_dir).as_posix(), repr(float(s)), *map(repr, map(float, f))])
-            bar.update(len(indices))
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "anomaly_score", *scorer.feature_names])
-        writer.writerows(rows)
-    if cfg.heatmaps:
-        _write_heatmaps(heat_dir, [r[0] for r in rows], maps)
-        log(f"heat maps written to {heat_dir}")
-    return out
+            raise ConfigError(f"The {label} {target} is inside the input folder {images_dir}: a later run would read its files as inputs. "
+                              "Choose a path outside it (--out).")
+    return csv_path, heat
 
 
-def _write_heatmaps(folder: Path, files: list[str], maps: list[np.ndarray], scale: Optional[float] = None) -> None:
-    """One PNG per image, at the image's relative path: mean |weighted error| over steps and channels, on
-    one colour scale for all."""
-    import matplotlib
+@dataclass
+class ScoreSummary:
+    """What `zsad score` tells a person at the end."""
 
-    matplotlib.use("Agg")
-    from matplotlib import cm
-    from PIL import Image
+    csv: Path
+    n: int = 0
+    flagged: Optional[int] = None
+    false_alarm_rate: Optional[float] = None
+    top: list = field(default_factory=list)  # (score, name, p_value) of the most anomalous, highest first
+    overlays: Optional[Path] = None
+    contact_sheet: Optional[Path] = None
+    seconds: float = 0.0
+    no_p_value_reason: Optional[str] = None
 
-    vmax = scale or float(np.quantile(np.stack(maps), 0.99)) or 1.0
-    for name, m in zip(files, maps):
-        rgb = (cm.inferno(np.clip(m / vmax, 0, 1))[..., :3] * 255).astype(np.uint8)
-        img = Image.fromarray(rgb).resize((m.shape[1] * 8, m.shape[0] * 8), Image.NEAREST)
-        target = folder / f"{Path(name).with_suffix('')}_error.png"  # sub-folders kept: a/x.png and b/x.png differ
-        target.parent.mkdir(parents=True, exist_ok=True)
-        img.save(target)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "scale.json").write_text(json.dumps({"vmax": vmax, "meaning": "mean |weighted score error| over steps and channels"}))
+    def lines(self) -> list[str]:
+        out = ["── summary " + "─" * 60, f"scored:    {self.n} images in {self.seconds:.1f} s → {self.csv}"]
+        if self.flagged is not None:
+            out.append(f"flagged:   {self.flagged} of {self.n} at a false-alarm rate of {self.false_alarm_rate:g} (p-value ≤ α)")
+        else:
+            out.append(f"flagged:   – ({self.no_p_value_reason})")
+        out.append("most anomalous:")
+        for score, name, p in self.top:
+            out.append(f"  {score:>12.5g}  {'' if p is None else f'p = {p:<8.3g}'}  {name}")
+        if self.overlays:
+            out.append(f"overlays:  {self.overlays}/ · contact sheet {self.contact_sheet}")
+        return out
+
+
+def score_folder(images_dir: str, detector: str, out: Optional[str] = None, false_alarm_rate: Optional[float] = None, heatmaps: bool = False,
+                 batch_size: int = 16, device: str = "auto", backbone: Optional[str] = None, skip_corrupt: bool = False, top: int = 10,
+                 log: Callable[[str], None] = say) -> ScoreSummary:
+    """Score every image under `images_dir` in the folder's order and write the CSV (and overlays); returns the summary."""
+    t0 = time.time()
+    folder = Path(images_dir)
+    csv_path, heat = output_paths(folder, out)
+    images = as_images(folder)  # an empty or missing folder is an error before anything is loaded
+    det = AnomalyDetector.load(detector, device=device, backbone=backbone)
+    if heatmaps and det.scorer.map_meaning is None and det.maps.combination == "pixel":
+        raise ConfigError(f"heat maps need per-pixel maps or calibrated tiles; this detector ({det.scorer.name}, from `zsad evaluate`) has neither.")
+    summary = ScoreSummary(csv_path, no_p_value_reason=None if det.calibration is not None else
+                           "this detector has no calibration scores (a `zsad evaluate` prefix): fit one with `zsad fit` for p-values")
+    if det.calibration is None:
+        log(f"[score] {summary.no_p_value_reason}; p_value and is_anomaly are left empty")
+    alpha = false_alarm_rate if false_alarm_rate is not None else det.false_alarm_rate
+    style = _style(det)
+    sheet = ContactSheet() if heatmaps else None
+    best: list = []
+    tiled = det.tiling.count > 1
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    flagged = 0
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "anomaly_score", "p_value", "is_anomaly", *(["worst_tile"] if tiled else []), *det.scorer.feature_names])
+        by_name = {n: i for i, n in enumerate(images.names)}
+        for r in det.iter_scores(images, alpha if det.calibration is not None else None, batch_size, with_maps=heatmaps, skip_corrupt=skip_corrupt):
+            writer.writerow([r.name, repr(r.score), "" if r.p_value is None else repr(r.p_value), "" if r.is_anomaly is None else str(r.is_anomaly).lower(),
+                             *([r.worst_tile] if tiled else []), *map(repr, map(float, r.features))])
+            summary.n += 1
+            flagged += bool(r.is_anomaly)
+            entry = (r.score, r.name, r.p_value)
+            (heapq.heappush if len(best) < top else heapq.heappushpop)(best, entry)
+            if heatmaps:
+                style = style or _first_scale(r.map)
+                _write_overlay(heat, images, by_name[r.name], r, style, sheet)
+    summary.flagged = flagged if det.calibration is not None else None
+    summary.false_alarm_rate = alpha if det.calibration is not None else None
+    summary.top = sorted(best, reverse=True)
+    if heatmaps:
+        summary.overlays = heat
+        summary.contact_sheet = sheet.save(heat / "contact_sheet.png", f"{folder.name}: the {len(sheet._heap)} most anomalous of {summary.n} images "
+                                           f"({det.scorer.name}{', flagged at α = ' + format(alpha, 'g') if det.calibration is not None else ''})")
+    summary.seconds = time.time() - t0
+    return summary
+
+
+def _style(det: AnomalyDetector) -> Optional[OverlayStyle]:
+    """The calibration's colour scale; None for detectors without calibration (the first image's then)."""
+    if det.maps.vmin is None:
+        return None
+    return OverlayStyle(det.maps.vmin, det.maps.vmax, det.maps.threshold)
+
+
+def _first_scale(amap: np.ndarray) -> OverlayStyle:
+    """Without calibration, the colour scale is the first image's (1st to 99th percentile), fixed for the run."""
+    lo, hi = np.quantile(amap, [0.01, 0.99])
+    return OverlayStyle(float(lo), float(max(hi, lo + 1e-12)), None)
+
+
+def _write_overlay(folder: Path, images, index: int, r, style: OverlayStyle, sheet: ContactSheet) -> None:
+    original = images.source.load(index)
+    full = upsample(torch.from_numpy(r.map), (original.height, original.width))
+    picture = overlay(original, full, style)
+    target = folder / f"{Path(r.name).with_suffix('')}_overlay.png"  # sub-folders kept: a/x.png and b/x.png differ
+    target.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(target, compress_level=1)  # fast: overlays are many and looked at, not archived
+    sheet.add(r.name, r.score, r.p_value, picture)

@@ -43,7 +43,7 @@ class FeatureRecipe:
     """What made a detector's features. `scorer` holds the scorer's options (with its name)."""
 
     scorer: dict
-    scorer_version: int
+    scorer_version: int | str  # Scorer.version (a composite string for scorers built of others)
     preprocessing: dict  # image_size, center_crop; tiles (working_size, tile, stride) when tiled
     seed: int
     weights_sha256: str
@@ -174,7 +174,7 @@ def recipe_for(
     identity = dict(getattr(backbone, "identity", {}) or {})
     return FeatureRecipe(
         scorer=scorer.options(),
-        scorer_version=int(scorer.version),
+        scorer_version=scorer.version,
         preprocessing={k: preprocessing.get(k) for k in sorted(preprocessing) if k != "options"},
         seed=int(seed),
         weights_sha256=str(identity.get("sha256") or getattr(backbone, "fingerprint", "")),

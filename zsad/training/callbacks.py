@@ -14,7 +14,6 @@ from torchvision.utils import make_grid, save_image
 
 from zsad.utils.files import disk_full_guard
 
-
 MIN_GRID_WIDTH = 512  # px: a 6 × 6 grid of 16 px samples is 108 px wide, too small to see anything
 
 

@@ -6,6 +6,7 @@ from typing import Callable, Iterator, Union
 
 import torch
 from torch.utils.data import DataLoader, Sampler
+
 from zsad.errors import ConfigError
 
 

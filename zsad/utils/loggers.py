@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
 from zsad.errors import ConfigError
 from zsad.utils.dist import env_global_rank
 

@@ -97,8 +97,9 @@ class Scorer:
     name: ClassVar[str] = ""
     detector: ClassVar[str] = "gmm"  # the detector that fits these features: gmm | kde
     # Part of the feature recipe and the cache key: bump it whenever `features_and_maps` changes what it
-    # returns. tests/test_golden_features.py pins the features of every version.
-    version: ClassVar[int] = 1
+    # returns. tests/test_golden_features.py pins the features of every version. (A scorer built of others
+    # may make it a property that includes theirs.)
+    version: ClassVar[int | str] = 1
     # What the per-pixel maps of `features_and_maps` show; None when the scorer has no maps.
     map_meaning: ClassVar[Optional[str]] = None
     # Published AUROC of the method, {(ID dataset, OOD dataset): AUROC}, with where it comes from and the

@@ -11,9 +11,9 @@ import torch
 from kornia.metrics import ssim
 
 from zsad.diffusion.backbone import Backbone
+from zsad.diffusion.schedule import noise_coefficients
 from zsad.errors import ConfigError
 from zsad.scoring.scorers.base import MOMENT_KINDS, Scorer, moment_features, per_image_noise
-from zsad.diffusion.schedule import noise_coefficients
 from zsad.scoring.scorers.trajectory import ddim_invert, forward_noised, kept_timesteps, spaced_alphas_cumprod
 
 

@@ -19,6 +19,7 @@ from zsad.scoring.scorers.trajectory import ddim_invert
 
 # The V2 half's own defaults, where they differ from `diffpath_v2`'s (the paper's reading).
 V2_HALF_DEFAULTS = {"weighting": "none"}
+FUSED_VERSION = 1  # bump when the fusion itself changes; the halves' versions are part of `version` already
 
 
 @dataclass
@@ -34,6 +35,10 @@ class DiffPathFused(Scorer):
     map_meaning: ClassVar[Optional[str]] = "the V2 half's: mean |Stein score error| over steps and channels"
 
     def __post_init__(self) -> None:
+        # `v2` may be the V2 half's own `options()` (with its name), as a recorded recipe holds them
+        if self.v2.get("name", DiffPathV2.name) != DiffPathV2.name:
+            raise ConfigError(f"diffpath_fused: v2 holds diffpath_v2 options, not {self.v2['name']}'s.")
+        self.v2 = {k: v for k, v in self.v2.items() if k != "name"}
         unknown = set(self.v2) - {f for f in DiffPathV2.__dataclass_fields__} - {"network_batch"}
         if unknown:
             raise ConfigError(f"diffpath_fused: v2 has no option(s) {sorted(unknown)}.")
@@ -44,6 +49,11 @@ class DiffPathFused(Scorer):
 
     def options(self) -> dict:
         return {"name": self.name, "steps": self.steps, "clip_denoised": self.clip_denoised, "v2": self.two.options()}
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        """Its own version and its halves': a change to either half's code changes these features too."""
+        return f"{FUSED_VERSION}+{self.six.version}+{self.two.version}"
 
     @property
     def shares_inversion(self) -> bool:

@@ -8,8 +8,8 @@ from typing import ClassVar, Optional
 import torch
 
 from zsad.diffusion.backbone import Backbone
-from zsad.errors import ConfigError
 from zsad.diffusion.schedule import noise_coefficients
+from zsad.errors import ConfigError
 from zsad.scoring.scorers.base import Scorer, per_image_noise
 from zsad.scoring.scorers.diffpath_v2 import ssim_weight
 

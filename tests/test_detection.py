@@ -1,0 +1,275 @@
+"""Anomaly detection on a user's own images (docs/method.md §7): `zsad fit` / `zsad score` / the Python API,
+one code path; the false-alarm rate holds on images; maps, overlays, bad input, memory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, run_cli, run_inprocess
+from PIL import Image
+from scipy.stats import betabinom
+
+from zsad.data import make_builtin
+
+# Cheap settings for a tiny 16 px checkpoint: two network evaluations per tile.
+CHEAP = {"scorer": "diffpath_v2", "scorer_options": {"steps": 2}, "batch_size": 20, "network_batch": 20}
+
+
+def write_images(folder: Path, arrays: np.ndarray, prefix: str = "img", size: int | None = None) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, a in enumerate(arrays):
+        img = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+        if size:
+            img = img.resize((size, size), Image.BILINEAR)
+        paths.append(folder / f"{prefix}_{i:04d}.png")
+        img.save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> Path:
+    """normal/ (100 clouds), held_out/ (100 other clouds from the same generator), noise/ (40 noise images)."""
+    root = tmp_path_factory.mktemp("detect")
+    write_images(root / "normal", make_builtin("clouds", "train", 100), "n")
+    write_images(root / "held_out", make_builtin("clouds", "test", 100), "h")
+    write_images(root / "noise", make_builtin("noise", "test", 40), "x")
+    return root
+
+
+@pytest.fixture(scope="module")
+def whole(folders, trained_checkpoint, tmp_path_factory):
+    """A whole-image detector (one tile per image) at α = 0.2, fitted through the API."""
+    from zsad import AnomalyDetector
+
+    cache = tmp_path_factory.mktemp("cache")
+    det = AnomalyDetector.fit(folders / "normal", backbone=str(trained_checkpoint), false_alarm_rate=0.2, working_size=16, device="cpu",
+                              cache_dir=cache, **CHEAP)
+    return det
+
+
+def test_held_out_normals_are_flagged_at_the_fitted_rate(whole, folders):
+    """m held-out normal images: the flag count lies inside the 99.9% interval of beta-binomial(m, k, n_cal − k + 1)."""
+    from zsad.detection.conformal import flag_rank
+
+    n_cal = len(whole.calibration)
+    assert n_cal == 20 and whole.info["n_fit"] == 80 and whole.tiling.count == 1
+    res = whole.score(folders / "held_out")
+    k = flag_rank(0.2, n_cal)
+    lo, hi = betabinom(100, k, n_cal - k + 1).interval(0.999)
+    assert lo <= res.is_anomaly.sum() <= hi, f"{res.is_anomaly.sum()} of 100 flagged; the law allows {lo:.0f}–{hi:.0f}"
+    assert np.array_equal(res.is_anomaly, res.p_values <= 0.2) and res.files[0] == "h_0000.png"
+    assert res.maps[0].shape == (32, 32), "maps at the input's own resolution"
+
+
+def test_a_clearly_anomalous_set_is_flagged(whole, folders):
+    res = whole.score(folders / "noise")
+    assert res.is_anomaly.mean() >= 0.9, res.scores
+    assert np.median(res.p_values) == 1 / 21, "most noise images score above every calibration image"
+
+
+def test_whole_image_scores_are_the_detector_scores_standardised(whole, folders):
+    """With one tile the image score is the GMM score, standardised by the fit images' (no other transform)."""
+    res = whole.score(folders / "held_out", with_maps=False)
+    raw = whole.detector.score(res.features)
+    assert np.allclose(res.scores, (raw - whole.maps.tile_mean) / whole.maps.tile_std, rtol=1e-12)
+
+
+def test_inputs_of_every_kind_give_the_same_scores(whole, folders):
+    files = sorted((folders / "held_out").glob("*.png"))[:4]
+    arrays = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    reference = whole.score(files).scores
+    for inputs in ([Image.open(f) for f in files], arrays, list(arrays), torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 255):
+        assert np.array_equal(whole.score(inputs).scores, reference), type(inputs)
+    from zsad.errors import ConfigError
+
+    for bad in (42, {"a": 1}, [1, 2], np.zeros((4, 4, 4, 5), np.uint8), torch.rand(2, 3, 8, 8) * 3):
+        with pytest.raises(ConfigError):
+            whole.score(bad)
+
+
+def test_a_changed_false_alarm_rate_at_scoring_time(whole, folders):
+    res = whole.score(folders / "held_out", false_alarm_rate=0.5, with_maps=False)
+    assert np.array_equal(res.is_anomaly, res.p_values <= 0.5) and res.false_alarm_rate == 0.5
+
+
+@pytest.fixture(scope="module")
+def fitted_folder(folders, trained_checkpoint, tmp_path_factory):
+    """`zsad fit` on the CLI: tiles (32 px working size, 16 px tiles every 8 px), the fused scorer's maps."""
+    out = tmp_path_factory.mktemp("fit") / "det"
+    proc = run_cli("fit", str(folders / "normal"), "-o", str(out), "--backbone", str(trained_checkpoint), "--working-size", "32", "--tile-stride", "8",
+                   "--device", "cpu", "--cache-dir", str(out.parent / "cache"), "--false-alarm-rate", "0.1", "--batch-size", "20")
+    return out, proc
+
+
+def test_fit_writes_one_folder_with_a_card(fitted_folder):
+    out, proc = fitted_folder
+    assert sorted(p.name for p in out.iterdir()) == ["calibration.npz", "card.md", "detector.json", "detector.npz", "recipe.json", "settings.json"]
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["tiling"] == {"working_size": 32, "tile": 16, "stride": 8} and settings["network_evaluations_per_image"] == 9 * 20
+    assert settings["maps"]["combination"] == "tile+pixel" and settings["maps"]["vmin"] < settings["maps"]["threshold"] < settings["maps"]["vmax"]
+    card = (out / "card.md").read_text()
+    assert "diffpath_fused" in card and "α = 0.1" in card and re.search(r"Beta\(2, 19\).*90% of calibration sets give between", card)
+    assert "summary" in proc.stdout and "calibrated on 20 other normal images" in proc.stdout and "180 network evaluations per image" in proc.stdout
+
+
+def test_score_writes_rows_overlays_and_a_contact_sheet(fitted_folder, folders, tmp_path):
+    out, _ = fitted_folder
+    mixed = tmp_path / "mixed"
+    for f in sorted((folders / "held_out").glob("*.png"))[:6]:
+        (mixed / "good").mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, mixed / "good" / f.name)
+    for f in sorted((folders / "noise").glob("*.png"))[:3]:
+        (mixed / "bad").mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, mixed / "bad" / f.name)
+    proc = run_cli("score", str(mixed), "--detector", str(out), "--heatmaps", "--out", str(tmp_path / "result"), "--device", "cpu")
+    with open(tmp_path / "result" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["file"] for r in rows] == sorted(r["file"] for r in rows), "the folder's own order"
+    assert list(rows[0])[:5] == ["file", "anomaly_score", "p_value", "is_anomaly", "worst_tile"] and len(rows[0]) == 5 + 12
+    flagged = {r["file"] for r in rows if r["is_anomaly"] == "true"}
+    assert {f"bad/x_{i:04d}.png" for i in range(3)} <= flagged
+    assert all(float(r["p_value"]) <= 0.1 for r in rows if r["is_anomaly"] == "true")
+    heat = tmp_path / "result" / "heatmaps"
+    assert sorted(p.relative_to(heat).as_posix() for p in heat.rglob("*_overlay.png")) == sorted(r["file"].replace(".png", "_overlay.png") for r in rows)
+    sheet = Image.open(heat / "contact_sheet.png")
+    assert sheet.width >= 1000
+    overlay = Image.open(heat / "bad" / "x_0000_overlay.png")
+    assert overlay.height == 256 and overlay.width > 256, "a small input is enlarged by a whole factor, with a colour bar beside it"
+    assert f"flagged:   {len(flagged)} of 9" in proc.stdout and "most anomalous:" in proc.stdout and "bad/x_000" in proc.stdout
+
+
+def test_the_cli_and_the_api_give_the_same_numbers(fitted_folder, folders, tmp_path):
+    from zsad import AnomalyDetector
+
+    out, _ = fitted_folder
+    run_cli("score", str(folders / "noise"), "--detector", str(out), "--out", str(tmp_path / "s.csv"), "--device", "cpu")
+    with open(tmp_path / "s.csv") as f:
+        cli = {r["file"]: (float(r["anomaly_score"]), float(r["p_value"])) for r in csv.DictReader(f)}
+    res = AnomalyDetector.load(out, device="cpu").score(folders / "noise", with_maps=False)
+    assert {n: (s, p) for n, s, p in zip(res.files, res.scores, res.p_values)} == cli
+
+
+def test_a_detector_folder_refuses_another_scorer_version_and_other_weights(fitted_folder, trained_checkpoint, tmp_path, monkeypatch):
+    from zsad import AnomalyDetector
+    from zsad.scoring.recipe import RecipeMismatchError
+    from zsad.scoring.scorers.diffpath_v2 import DiffPathV2
+
+    out, _ = fitted_folder
+    monkeypatch.setattr(DiffPathV2, "version", DiffPathV2.version + 1)  # the code of the fused scorer's V2 half changed
+    with pytest.raises(RecipeMismatchError, match=r"version of scorer diffpath_fused: recorded \"1\+1\+1\", today \"1\+1\+2\".*[Rr]efit"):
+        AnomalyDetector.load(out, device="cpu")
+    monkeypatch.undo()
+    ckpt = torch.load(trained_checkpoint, weights_only=True)
+    key = next(k for k in ckpt["state_dict"] if k.startswith("ema.ema_model.model."))
+    ckpt["state_dict"][key] = ckpt["state_dict"][key] + 1e-3
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(RecipeMismatchError, match=r"backbone weights \(sha256\)"):
+        AnomalyDetector.load(out, device="cpu", backbone=str(tmp_path / "other.ckpt"))
+
+
+def test_a_recipe_moved_with_its_weights_is_accepted(fitted_folder, trained_checkpoint, tmp_path):
+    from zsad import AnomalyDetector
+
+    out, _ = fitted_folder
+    shutil.copy(trained_checkpoint, tmp_path / "moved.ckpt")
+    det = AnomalyDetector.load(out, device="cpu", backbone=str(tmp_path / "moved.ckpt"))
+    assert det.recipe.weights_sha256 == det.backbone.identity["sha256"]
+
+
+def test_bad_input_gets_a_clear_error_and_leaves_nothing_behind(folders, fitted_folder, trained_checkpoint, tmp_path):
+    out, _ = fitted_folder
+    ck = ["--backbone", str(trained_checkpoint), "--device", "cpu", "--working-size", "16"]
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["fit", str(tmp_path / "empty"), "-o", str(tmp_path / "d1"), *ck], "holds no images"),
+        (["fit", str(folders / "normal"), "-o", str(tmp_path / "d2"), "--false-alarm-rate", "1.5", *ck], "strictly between 0 and 1"),
+        (["fit", str(folders / "normal"), "-o", str(tmp_path / "d3"), "--false-alarm-rate", "0.005", *ck], r"needs 199 calibration images.*Add normal images"),
+        (["fit", str(folders / "normal"), "-o", str(folders / "normal" / "det"), *ck], "inside the input folder"),
+        (["fit", str(folders / "normal"), "-o", str(out), *ck], "already exists and is not empty.*--force"),
+        (["score", str(tmp_path / "empty"), "--detector", str(out)], "holds no images"),
+        (["score", str(folders / "noise"), "--detector", str(out), "--out", str(folders / "noise" / "x")], "inside the input folder"),
+        (["score", str(folders / "noise"), "--detector", str(tmp_path / "nothing")], "No detector at"),
+    ]
+    for args, message in cases:
+        proc = run_inprocess(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and re.search(message, proc.stderr, re.S), (args, proc.stderr[-800:])
+    assert not any((tmp_path / f"d{i}").exists() for i in (1, 2, 3)) and not (folders / "normal" / "det").exists()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    (damaged / "settings.json").write_text("{not json")
+    proc = run_inprocess("score", str(folders / "noise"), "--detector", str(damaged))
+    assert proc.returncode == 2 and "settings.json is damaged" in proc.stderr
+    (damaged / "settings.json").unlink()
+    proc = run_inprocess("score", str(folders / "noise"), "--detector", str(damaged))
+    assert proc.returncode == 2 and "settings.json is missing" in proc.stderr
+
+
+def test_odd_images_are_converted_and_corrupt_ones_named_or_skipped(whole, tmp_path):
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    Image.fromarray(np.full((40, 24), 120, np.uint8)).save(odd / "grey.png")
+    Image.fromarray(np.full((20, 30, 4), 90, np.uint8), "RGBA").save(odd / "rgba.png")
+    Image.fromarray(np.full((17, 17), 40000, np.uint16)).save(odd / "sixteen.png")
+    Image.fromarray(np.full((64, 8, 3), 200, np.uint8)).save(odd / "thin.png")
+    res = whole.score(odd)
+    assert res.files == ["grey.png", "rgba.png", "sixteen.png", "thin.png"] and np.isfinite(res.scores).all()
+    assert [m.shape for m in res.maps] == [(40, 24), (20, 30), (17, 17), (64, 8)]
+    (odd / "broken.png").write_bytes(b"\x89PNG not really")
+    from zsad.errors import CorruptImageError
+
+    with pytest.raises(CorruptImageError, match=r"broken\.png.*skip_corrupt"):
+        whole.score(odd)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
+        assert whole.score(odd, skip_corrupt=True).files == ["grey.png", "rgba.png", "sixteen.png", "thin.png"]
+
+
+def test_readme_example_runs(folders, trained_checkpoint, tmp_path, monkeypatch):
+    """The README's Python example, as written, with a tiny checkpoint placed where `zsad-demo` is looked up."""
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- api-example -->\s*```python\n(.*?)```", text, re.S)
+    assert block, "README keeps the API example after an <!-- api-example --> marker"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs/demo/train/checkpoints").mkdir(parents=True)
+    shutil.copy(trained_checkpoint, tmp_path / "outputs/demo/train/checkpoints/last.ckpt")
+    shutil.copytree(folders / "normal", tmp_path / "normal")
+    shutil.copytree(folders / "noise", tmp_path / "to_check")
+    namespace: dict = {}
+    exec(compile(block.group(1), "README.md", "exec"), namespace)
+    res = namespace["res"]
+    assert len(res.files) == 40 and res.p_values is not None and len(res.maps) == 40 and (tmp_path / "det" / "card.md").is_file()
+
+
+def test_scoring_memory_stays_flat(whole, tmp_path):
+    """tracemalloc peak of `zsad score --heatmaps` on 512 px inputs: 1,000 images within 10% of 100 (rows and
+    overlays are streamed to disk; the contact sheet keeps a few thumbnails)."""
+    from zsad.detection.score import score_folder
+
+    whole.save(tmp_path / "det")
+    sources = make_builtin("clouds", "test", 8)
+    peaks = {}
+    for count in (100, 1000):
+        folder = tmp_path / f"big{count}"
+        folder.mkdir()
+        for i in range(count):  # hard links of 8 distinct 512 px images: real files, cheap to make
+            target = folder / f"{i:04d}.png"
+            if i < 8:
+                Image.fromarray(sources[i]).resize((512, 512), Image.BILINEAR).save(target)
+            else:
+                target.hardlink_to(folder / f"{i % 8:04d}.png")
+        tracemalloc.start()
+        try:
+            summary = score_folder(str(folder), str(tmp_path / "det"), out=str(tmp_path / f"out{count}"), heatmaps=True, batch_size=20, device="cpu")
+            peaks[count] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert summary.n == count and len(list((tmp_path / f"out{count}" / "heatmaps").glob("*_overlay.png"))) == count
+    assert peaks[1000] <= 1.10 * peaks[100], f"peak {peaks[1000] / 2**20:.1f} MiB for 1,000 images vs {peaks[100] / 2**20:.1f} MiB for 100"

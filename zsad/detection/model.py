@@ -1,0 +1,386 @@
+"""`AnomalyDetector`: fit on normal images, calibrate, score, localise. The Python API and the one code path
+behind `zsad fit` and `zsad score` (docs/method.md §7).
+
+    det = AnomalyDetector.fit("normal/", backbone="zsad-demo", false_alarm_rate=0.05)
+    det.save("det/")
+    res = AnomalyDetector.load("det/").score("to_check/")   # res.scores, res.p_values, res.is_anomaly, res.maps, res.files
+
+A detector folder holds the fitted density model (`detector.json/.npz`), the feature recipe (`recipe.json`),
+the calibration scores (`calibration.npz`), the threshold and map settings (`settings.json`) and a card
+(`card.md`). A prefix written by `zsad evaluate` loads too: it has no calibration, so no p-values.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from zsad.data.base import ImageDataset
+from zsad.data.transforms import build_transform
+from zsad.detection import conformal
+from zsad.detection.inputs import Images, as_images
+from zsad.detection.maps import MapSettings, anomaly_map, colour_scale, image_scores, pixel_map, tile_map, upsample
+from zsad.detection.split import split_normal
+from zsad.diffusion.backbone import Backbone
+from zsad.diffusion.loading import load_backbone
+from zsad.errors import ConfigError, ZsadError
+from zsad.scoring.detector import GMMDetector, load_detector
+from zsad.scoring.extraction import configure_precision, extract_features
+from zsad.scoring.feature_cache import FeatureCache
+from zsad.scoring.recipe import FeatureRecipe, RecipeMismatchError, recipe_for
+from zsad.scoring.scorers import RECOMMENDED_SCORER, Scorer, build_scorer, image_seeds
+from zsad.scoring.tiles import TiledScorer, Tiling
+from zsad.utils.console import say, warn
+from zsad.utils.progress import progress_bar
+
+FOLDER_FORMAT = 1
+DEFAULT_WORKING_SIZE = 256
+# Model selection for a user's normal images: few components (tens to thousands of feature rows), chosen by
+# 5-fold cross-validated log-likelihood on at most 10,000 rows, then refitted on all of them.
+FIT_DETECTOR = {"mode": "grid", "grid_components": [1, 2, 4, 8], "grid_covariances": ["full", "diag"], "cv_folds": 5, "grid_max_samples": 10_000}
+PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+class DetectorFolderError(ZsadError, ValueError):
+    """A detector folder that is missing, damaged or not a detector."""
+
+
+@dataclass
+class ImageScore:
+    """One scored image: its name, score, p-value and decision, the worst tile's features and the anomaly map
+    at the working size (None when maps were not asked for)."""
+
+    name: str
+    score: float
+    p_value: Optional[float]
+    is_anomaly: Optional[bool]
+    worst_tile: int
+    features: np.ndarray
+    map: Optional[np.ndarray] = None
+    parts: Optional[tuple] = None  # (tile map, blended raw per-pixel map or None) at the working size, when asked
+
+
+@dataclass
+class ScoreResult:
+    """Scores of many images, in input order; maps at each input's own resolution (when asked for)."""
+
+    files: list[str]
+    scores: np.ndarray
+    p_values: Optional[np.ndarray]
+    is_anomaly: Optional[np.ndarray]
+    features: np.ndarray
+    feature_names: list[str]
+    maps: list[np.ndarray] = field(default_factory=list)
+    false_alarm_rate: Optional[float] = None
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` is a CUDA GPU when there is one, else the CPU; anything else must exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA GPU is visible here. Use --device cpu (or auto).")
+    return torch.device(device)
+
+
+def make_tiling(image_size: int, working_size: Optional[int], tile_stride: Optional[int]) -> Tiling:
+    """Tiles at the backbone's resolution over images resized to `working_size` (default 256), every
+    `tile_stride` pixels (default half a tile); one tile when the working size is the backbone's."""
+    working = int(working_size or DEFAULT_WORKING_SIZE)
+    if working == image_size:
+        return Tiling.whole(image_size)
+    return Tiling(working, image_size, int(tile_stride or max(1, image_size // 2)))
+
+
+class AnomalyDetector:
+    """A diffusion-feature detector fitted on normal images, with a calibrated false-alarm rate."""
+
+    def __init__(self, backbone: Backbone, scorer: Scorer, tiling: Tiling, detector: Any, recipe: FeatureRecipe, maps: MapSettings,
+                 calibration: Optional[np.ndarray] = None, false_alarm_rate: Optional[float] = None, tile_position: bool = False,
+                 info: Optional[dict] = None, precision: str = "32-true"):
+        self.backbone, self.scorer, self.tiling, self.detector, self.recipe = backbone, scorer, tiling, detector, recipe
+        self.maps, self.calibration, self.false_alarm_rate, self.tile_position = maps, calibration, false_alarm_rate, tile_position
+        self.info = dict(info or {})
+        self.precision = precision
+        self.tiled = TiledScorer(inner=scorer, tiling=tiling, seed=recipe.seed)
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(cls, normal: Any, backbone: str | Backbone = "diffpath-celeba32", scorer: str = RECOMMENDED_SCORER, scorer_options: Optional[dict] = None,
+            false_alarm_rate: float = 0.05, shots: Optional[int] = None, working_size: Optional[int] = None, tile_stride: Optional[int] = None,
+            device: str = "auto", cache_dir: Optional[str | Path] = "outputs/feature_cache", batch_size: int = 16, network_batch: Optional[int] = None,
+            seed: int = 0, map_combination: Optional[str] = None, aggregation: str = "max", top_k: float = 0.1, tile_position: bool = False,
+            precision: str = "32-true", skip_corrupt: bool = False, require_rate: bool = True) -> "AnomalyDetector":
+        """Fit on normal images (a folder, paths, PIL images, arrays or a tensor): split by hashed name into a
+        fit part and a calibration part, fit the detector on the fit part's tile features, calibrate on the rest."""
+        t0 = time.time()
+        alpha = conformal.check_rate(false_alarm_rate)
+        images = as_images(normal)
+        dev = resolve_device(device)
+        bb = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, device=dev)
+        tiling = make_tiling(bb.image_size, working_size, tile_stride)
+        split = split_normal(images.names, alpha, shots, tiling.count, require_rate=require_rate)
+        # CPU calls of 64 tiles: small networks are bound by per-call overhead at the scorers' CPU default of 8
+        network_batch = network_batch or (64 if dev.type == "cpu" else None)
+        options = {**(scorer_options or {}), **({"network_batch": int(network_batch)} if network_batch else {})}
+        inner = build_scorer(scorer, **options)
+        preprocessing = {"image_size": tiling.working_size, "center_crop": None, "tiles": tiling.to_dict()}
+        configure_precision(False)
+        recipe = recipe_for(inner, bb, preprocessing, seed, dev, precision)
+        combination = map_combination or ("tile+pixel" if inner.map_meaning else "tile")
+        maps = MapSettings(combination=combination, aggregation=aggregation, top_k=top_k, pixel_sigma=tiling.tile / 8 if tiling.count > 1 else 0.0)
+        det = cls(bb, inner, tiling, None, recipe, maps,
+                  false_alarm_rate=alpha, tile_position=tile_position, precision=precision)
+        say(f"[fit] {len(images)} normal images: {len(split.fit)} to fit, {len(split.calibration)} to calibrate (α = {alpha:g}); "
+            f"{tiling.count} tile(s) of {tiling.tile} px per image at {tiling.working_size} px, "
+            f"{det.network_evaluations_per_image():,} network evaluations per image")
+        fit_rows = det._fit_features(images.subset(split.fit), cache_dir, batch_size, skip_corrupt)
+        det._fit_density(fit_rows)
+        det._calibrate(images.subset(split.calibration), batch_size, skip_corrupt)
+        det.info = {"n_normal": len(images), "n_fit": len(split.fit), "n_calibration": len(split.calibration), "shots": shots,
+                    "source": str(images.root or images.label), "fit_seconds": round(time.time() - t0, 1),
+                    "backbone": bb.source or bb.path, "scorer": inner.name, "rate_holds": split.rate_holds,
+                    "fit_names": [images.names[i] for i in split.fit], "calibration_names": [images.names[i] for i in split.calibration]}
+        return det
+
+    def network_evaluations_per_image(self) -> int:
+        return self.tiled.network_evaluations_per_image(self.backbone.num_timesteps)
+
+    def _dataset(self, images: Images, split: str, skip_corrupt: bool) -> ImageDataset:
+        prep = self.recipe.preprocessing
+        return ImageDataset(images.label, split, images.source, build_transform(int(prep["image_size"]), prep.get("center_crop")),
+                            {**prep, "options": {}}, skip_corrupt=skip_corrupt)
+
+    def _fit_features(self, images: Images, cache_dir: Optional[str | Path], batch_size: int, skip_corrupt: bool) -> np.ndarray:
+        """Tile feature rows [N·T, D] of the fit part, through the feature cache (as `zsad evaluate`)."""
+        import tempfile
+
+        dataset = self._dataset(images, "fit", skip_corrupt)
+        accelerator = "gpu" if self.backbone.alphas_cumprod.device.type == "cuda" else "cpu"
+        trainer_kwargs = dict(accelerator=accelerator, devices=1, precision=self.precision, enable_progress_bar=False, enable_model_summary=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = FeatureCache(cache_dir or tmp)
+            fs = extract_features(self.backbone, self.tiled, dataset, cache, self.recipe, trainer_kwargs, batch_size, 0)
+        return self._rows(torch.from_numpy(fs.features))
+
+    def _rows(self, features: torch.Tensor) -> np.ndarray:
+        """Per-image features [B, T·D] → detector rows [B·T, D] (+ the tile's centre when `tile_position`)."""
+        T = self.tiling.count
+        rows = features.reshape(features.shape[0] * T, -1).to(torch.float64)
+        if self.tile_position:
+            rows = torch.cat([rows, self.tiling.positions().repeat(features.shape[0], 1)], dim=1)
+        return rows.numpy()
+
+    def _fit_density(self, rows: np.ndarray) -> None:
+        self.detector = GMMDetector(**FIT_DETECTOR).fit(rows)
+        fit_scores = self.detector.score(rows)
+        self.maps.tile_mean, self.maps.tile_std = float(fit_scores.mean()), float(max(fit_scores.std(), 1e-12))
+
+    def _calibrate(self, images: Images, batch_size: int, skip_corrupt: bool) -> None:
+        """Calibration scores, the score threshold, the map threshold and the overlays' colour scale."""
+        tiles, pixels, scores = [], [], []
+        moments = np.zeros(3)  # count, sum, sum of squares of the per-pixel map values (float64)
+        for batch in self._stream(self._dataset(images, "calibration", skip_corrupt), batch_size, "[calibrate]"):
+            tmap = tile_map(self.tiling, batch.tile_scores, self.maps)
+            tiles.append(tmap.to(torch.float32))
+            scores.append(image_scores(tmap, self.maps))
+            pm = pixel_map(self.tiling, batch.pixel_maps, self.maps)
+            if pm is not None:
+                moments += [pm.numel(), float(pm.sum()), float((pm * pm).sum())]
+                pixels.append(pm.to(torch.float32))
+        if moments[0]:
+            mean = moments[1] / moments[0]
+            self.maps.pixel_mean, self.maps.pixel_std = float(mean), float(max(np.sqrt(max(moments[2] / moments[0] - mean**2, 0)), 1e-12))
+        self.calibration = np.concatenate(scores)
+        # The anomaly maps of the calibration images, standardised by the moments just measured.
+        tile_maps = torch.cat(tiles).to(torch.float64)
+        blended = torch.cat(pixels).to(torch.float64) if pixels else None
+        values = anomaly_map(tile_maps, blended, self.maps).numpy().ravel()
+        self.maps.threshold = float(np.quantile(values, 1 - self.false_alarm_rate))
+        self.maps.vmin, self.maps.vmax = colour_scale(values, self.maps.threshold)
+
+    # ------------------------------------------------------------------ scoring
+    @dataclass
+    class _Batch:
+        positions: list[int]
+        tile_scores: torch.Tensor  # [B, T]
+        pixel_maps: Optional[torch.Tensor]  # [B, T, s, s]
+        features: torch.Tensor  # [B, T, D]
+
+    def _stream(self, dataset: ImageDataset, batch_size: int, desc: str) -> Iterator["AnomalyDetector._Batch"]:
+        """One network pass per batch: tile features and per-pixel maps together, scored by the detector."""
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
+        dtype = PRECISIONS.get(self.precision)
+        device = self.backbone.alphas_cumprod.device
+        position = 0
+        with progress_bar(len(dataset), desc) as bar:
+            for images, _ in loader:
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    features, pixel_maps = self.tiled(self.backbone, images, image_seeds(self.recipe.seed, images), with_maps=True)
+                B, T = images.shape[0], self.tiling.count
+                tile_scores = torch.from_numpy(self.detector.score(self._rows(features))).reshape(B, T)
+                yield AnomalyDetector._Batch(list(range(position, position + B)), tile_scores, pixel_maps, features.reshape(B, T, -1))
+                position += B
+                bar.update(B)
+
+    def iter_scores(self, images: Any, false_alarm_rate: Optional[float] = None, batch_size: int = 16, with_maps: bool = True,
+                    skip_corrupt: bool = False, keep_parts: bool = False) -> Iterator[ImageScore]:
+        """Score images one batch at a time (memory stays flat with the number of images), in input order.
+        `keep_parts` also returns each image's tile map and blended per-pixel map (for ablations of how they combine)."""
+        images = as_images(images)
+        alpha = conformal.check_rate(false_alarm_rate) if false_alarm_rate is not None else self.false_alarm_rate
+        dataset = self._dataset(images, "score", skip_corrupt)
+        for batch in self._stream(dataset, batch_size, f"[score] {images.label}"):
+            tmap = tile_map(self.tiling, batch.tile_scores, self.maps)
+            scores = image_scores(tmap, self.maps)
+            pixels = pixel_map(self.tiling, batch.pixel_maps, self.maps)
+            amap = anomaly_map(tmap, pixels, self.maps) if with_maps else None
+            p = conformal.p_values(self.calibration, scores) if self.calibration is not None else None
+            flags = conformal.is_anomaly(self.calibration, scores, alpha) if self.calibration is not None else None
+            worst = batch.tile_scores.argmax(dim=1)
+            for j, pos in enumerate(batch.positions):
+                index = dataset.indices[pos]
+                yield ImageScore(images.names[index], float(scores[j]), None if p is None else float(p[j]), None if flags is None else bool(flags[j]),
+                                 int(worst[j]), batch.features[j, worst[j]].numpy(), None if amap is None else amap[j].numpy(),
+                                 (tmap[j].numpy(), None if pixels is None else pixels[j].numpy()) if keep_parts else None)
+
+    def score(self, images: Any, false_alarm_rate: Optional[float] = None, batch_size: int = 16, with_maps: bool = True,
+              skip_corrupt: bool = False) -> ScoreResult:
+        """Scores, p-values, decisions and maps (at each input's resolution) of every image, in memory."""
+        images = as_images(images)
+        results = list(self.iter_scores(images, false_alarm_rate, batch_size, with_maps, skip_corrupt))
+        alpha = false_alarm_rate if false_alarm_rate is not None else self.false_alarm_rate
+        by_name = {n: i for i, n in enumerate(images.names)}
+        maps = [upsample(torch.from_numpy(r.map), _size(images, by_name[r.name])) for r in results] if with_maps else []
+        has_p = self.calibration is not None
+        return ScoreResult(
+            files=[r.name for r in results], scores=np.array([r.score for r in results]),
+            p_values=np.array([r.p_value for r in results]) if has_p else None,
+            is_anomaly=np.array([r.is_anomaly for r in results], dtype=bool) if has_p else None,
+            features=np.stack([r.features for r in results]) if results else np.zeros((0, len(self.scorer.feature_names))),
+            feature_names=list(self.scorer.feature_names), maps=maps, false_alarm_rate=alpha if has_p else None,
+        )
+
+    @property
+    def threshold(self) -> Optional[float]:
+        """The image score above which an image is flagged at the fitted rate (None without calibration)."""
+        return None if self.calibration is None else conformal.threshold(self.calibration, self.false_alarm_rate)
+
+    # ------------------------------------------------------------------ saving and loading
+    def save(self, path: str | Path, force: bool = False) -> Path:
+        """Write the detector folder; an existing detector folder is replaced only with `force`."""
+        from zsad.detection.card import write_card
+
+        if self.calibration is None:
+            raise ConfigError("Only a detector fitted with AnomalyDetector.fit (with calibration) can be saved as a folder.")
+        folder = Path(path)
+        if folder.exists() and any(folder.iterdir()) and not force:
+            raise ConfigError(f"{folder} already exists and is not empty. Choose another folder, or pass --force (force=True) to replace it.")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.detector.save(folder / "detector")
+        self.recipe.write(folder / "recipe.json")
+        np.savez(folder / "calibration.npz", scores=self.calibration)
+        settings = {"format": FOLDER_FORMAT, "false_alarm_rate": self.false_alarm_rate, "threshold": self.threshold, "tiling": self.tiling.to_dict(),
+                    "tile_position": self.tile_position, "maps": self.maps.to_dict(), "precision": self.precision, "info": self.info,
+                    "network_evaluations_per_image": self.network_evaluations_per_image()}
+        (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+        write_card(folder, self)
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", backbone: Optional[str] = None) -> "AnomalyDetector":
+        """A detector folder written by `save` / `zsad fit`, or a prefix written by `zsad evaluate`; the weights are
+        the recorded ones (or `backbone`, which must have the recorded sha256)."""
+        path = Path(path)
+        if path.is_dir():
+            return _load_folder(cls, path, device, backbone)
+        if path.with_suffix(".json").is_file():
+            return _load_prefix(cls, path, device, backbone)
+        raise DetectorFolderError(f"No detector at {path}: pass a folder written by `zsad fit` or a prefix written by `zsad evaluate` "
+                                  "(…/detectors/<scorer>/<id>).")
+
+
+def _size(images: Images, index: int) -> tuple[int, int]:
+    """(height, width) of input image `index` as stored."""
+    width, height = images.source.load(index).size
+    return height, width
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DetectorFolderError(f"{path} is missing: {path.parent} is not a complete detector folder. Fit it again with `zsad fit`.")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DetectorFolderError(f"{path} is damaged ({type(err).__name__}: {err}). Fit the detector again with `zsad fit`.") from None
+
+
+def _backbone_for(recipe: FeatureRecipe, device: str, override: Optional[str]) -> tuple[Backbone, torch.device]:
+    """The recorded weights (their file, else their name or hf:// address), or the override; checked by the recipe."""
+    dev = resolve_device(device)
+    spec = override or (recipe.weights_path if recipe.weights_path and Path(recipe.weights_path).is_file() else recipe.weights_source or recipe.weights_path)
+    if not spec:
+        raise RecipeMismatchError("The detector's recipe records no backbone file. Pass the backbone it was fitted with (--backbone / backbone.path=).")
+    configure_precision(recipe.tf32)
+    bb = load_backbone(spec, format=recipe.weights_format or "auto",
+                       config=recipe.model_config if recipe.weights_format == "improved-diffusion" else None,
+                       use_ema=bool(recipe.use_ema if recipe.use_ema is not None else True), device=dev, fast_path=recipe.fast_path)
+    return bb, dev
+
+
+def _check(recipe: FeatureRecipe, scorer: Scorer, bb: Backbone, dev: torch.device) -> None:
+    current = recipe_for(scorer, bb, recipe.preprocessing, recipe.seed, dev, recipe.precision, recipe.tf32, recipe.fast_path, recipe.compile)
+    for message in recipe.check(current, "Pass the backbone the detector was fitted with (--backbone / backbone.path=), or refit the detector with this zsad."):
+        warn(message)
+
+
+def _scorer_of(recipe: FeatureRecipe) -> Scorer:
+    options = {k: v for k, v in recipe.scorer.items() if k != "name"}
+    return build_scorer(recipe.scorer_name, **options, network_batch=int(recipe.network_batch or 8))
+
+
+def _load_folder(cls, folder: Path, device: str, backbone: Optional[str]) -> AnomalyDetector:
+    settings = _read_json(folder / "settings.json")
+    if settings.get("format") != FOLDER_FORMAT:
+        raise DetectorFolderError(f"{folder / 'settings.json'} is not a zsad detector folder of format {FOLDER_FORMAT}. Fit it again with `zsad fit`.")
+    recipe = FeatureRecipe.read(folder / "recipe.json")
+    scorer = _scorer_of(recipe)
+    try:
+        detector = load_detector(folder / "detector")
+        with np.load(folder / "calibration.npz", allow_pickle=False) as data:
+            calibration = data["scores"]
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        raise DetectorFolderError(f"{folder}: the detector or calibration file is damaged or missing ({type(err).__name__}: {err}). "
+                                  "Fit the detector again with `zsad fit`.") from None
+    bb, dev = _backbone_for(recipe, device, backbone)
+    _check(recipe, scorer, bb, dev)
+    tiling = Tiling(**settings["tiling"])
+    return cls(bb, scorer, tiling, detector, recipe, MapSettings(**settings["maps"]), calibration, float(settings["false_alarm_rate"]),
+               bool(settings.get("tile_position")), settings.get("info"), settings.get("precision", "32-true"))
+
+
+def _load_prefix(cls, prefix: Path, device: str, backbone: Optional[str]) -> AnomalyDetector:
+    """A `zsad evaluate` detector: whole images at the backbone's resolution, raw −log-likelihood scores, the
+    scorer's own per-pixel maps, no calibration."""
+    recipe_path = prefix.with_suffix(".recipe.json")
+    if not recipe_path.is_file():
+        raise RecipeMismatchError(f"{prefix}: no feature recipe ({recipe_path.name}) beside the detector: it was fitted by an older zsad. "
+                                  "Refit it with `zsad evaluate`.")
+    recipe = FeatureRecipe.read(recipe_path)
+    scorer = _scorer_of(recipe)
+    try:
+        detector = load_detector(prefix)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        raise DetectorFolderError(f"{prefix}: the detector files are damaged ({type(err).__name__}: {err}). Refit it with `zsad evaluate`.") from None
+    bb, dev = _backbone_for(recipe, device, backbone)
+    _check(recipe, scorer, bb, dev)
+    tiling = Tiling.whole(int(recipe.preprocessing["image_size"]))
+    maps = MapSettings(combination="pixel" if scorer.map_meaning else "tile")
+    return cls(bb, scorer, tiling, detector, replace(recipe), maps, None, None, False, {"source": str(prefix)}, recipe.precision)
