@@ -99,14 +99,16 @@ def main() -> int:
             for batch in batches:
                 r = {**network_rate(backbone, batch, precision, args.seconds), "compile": compile_mode}
                 report["network"].append(r)
-                print(f"network  compile={str(compile_mode):<27} {precision:<5} batch {batch:5d}: {r['evals_per_s']:9.0f} evals/s, peak {r['peak_memory_gib']:.1f} GiB", flush=True)
+                print(f"network  compile={str(compile_mode):<27} {precision:<5} batch {batch:5d}: {r['evals_per_s']:9.0f} evals/s, "
+                      f"peak {r['peak_memory_gib']:.1f} GiB", flush=True)
         del backbone
         torch.cuda.empty_cache()
     for precision in ("fp32", "bf16"):
         r = pipeline_rate(precision, args.pipeline_images, 1024)
         report["pipeline"].append(r)
         bare = max(x["evals_per_s"] for x in report["network"] if x["precision"] == precision and x["compile"] is None)
-        print(f"pipeline {precision:<5} batch 1024: {r['images_per_s']:8.0f} images/s = {r['evals_per_s']:9.0f} evals/s ({r['evals_per_s'] / bare:.0%} of the bare eager network)", flush=True)
+        print(f"pipeline {precision:<5} batch 1024: {r['images_per_s']:8.0f} images/s = {r['evals_per_s']:9.0f} evals/s "
+              f"({r['evals_per_s'] / bare:.0%} of the bare eager network)", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"written to {args.out}")

@@ -116,7 +116,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "scorers": [], "gmm": []}
+    report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "scorers": [],
+              "gmm": []}
     print(f"# zsad bench on {report['machine']}: DiffPath CelebA-32-size UNet (52.5M parameters, random weights), 32×32")
     print(f"{'scorer':<12} {'path':<9} {'img/s':>8} {'speed-up':>9} {'net rows/img':>13} {'padding':>8} {'outside net':>12} {'peak RSS':>10}")
     for name, options in SCORERS.items():

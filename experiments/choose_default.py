@@ -1,5 +1,5 @@
-"""The evidence for diffpath_v2's default: every reading's mean near-shift AUROC on each benchmark and
-over both (the two benchmark means weighted equally), from the `zsad ablate` tables.
+"""The evidence behind the readings of DiffPathV2 (the best is the fused scorer's V2 half): every reading's mean
+near-shift AUROC on each benchmark and over both (the two benchmark means weighted equally), from the `zsad ablate` tables.
 
     python experiments/choose_default.py outputs/ablate/demo_v2 outputs/ablate/real32_v2
 

@@ -44,7 +44,7 @@ def test_every_config_piece_fits_its_schema(group, schema):
 
 def test_dataset_groups_fit_the_data_schema():
     for path in sorted((REPO / "conf" / "datasets").glob("*.yaml")):
-        for alias, data in OmegaConf.load(path).items():
+        for data in OmegaConf.load(path).values():
             OmegaConf.merge(OmegaConf.structured(S.DataConfig), data)
 
 

@@ -1,4 +1,4 @@
-"""Datasets: preprocessing of design.md §2, layouts, conversions, and the errors a user can cause."""
+"""Datasets: preprocessing of docs/method.md §2, layouts, conversions, and the errors a user can cause."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def test_celeba_layouts_and_center_crop_resize(tmp_path, layout):
     train = build_dataset(cfg(name="celeba", root=str(root), split="train", image_size=32))
     test = build_dataset(cfg(name="celeba", root=str(root), split="test", image_size=32))
     assert len(train) == 3 and len(test) == 2
-    # Independent reference: rows 39..178, cols 19..158 (design.md §7), bilinear resize, then 2p-1.
+    # Independent reference: rows 39..178, cols 19..158 (docs/improved_diffusion_format.md §7), bilinear resize, then 2p-1.
     pil = Image.open(img_dir / names[4]).convert("RGB")
     crop = pil.crop((19, 39, 19 + 140, 39 + 140)).resize((32, 32), Image.BILINEAR)
     expected = torch.from_numpy(np.asarray(crop, np.float32) / 255.0).permute(2, 0, 1) * 2 - 1
@@ -237,8 +237,10 @@ def test_file_identity_changes_with_root_size_and_mtime(tmp_path):
     first = ds(tmp_path / "a").fingerprint()
     assert ds(tmp_path / "a").fingerprint() == first
     shutil.copytree(tmp_path / "a", tmp_path / "b")
-    os.utime(tmp_path / "b" / "test" / "x.png", ns=(os.stat(tmp_path / "a" / "test" / "x.png").st_atime_ns, os.stat(tmp_path / "a" / "test" / "x.png").st_mtime_ns))
-    os.utime(tmp_path / "b" / "test" / "y.png", ns=(os.stat(tmp_path / "a" / "test" / "y.png").st_atime_ns, os.stat(tmp_path / "a" / "test" / "y.png").st_mtime_ns))
+    os.utime(tmp_path / "b" / "test" / "x.png", ns=(os.stat(tmp_path / "a" / "test" / "x.png").st_atime_ns,
+                                                    os.stat(tmp_path / "a" / "test" / "x.png").st_mtime_ns))
+    os.utime(tmp_path / "b" / "test" / "y.png", ns=(os.stat(tmp_path / "a" / "test" / "y.png").st_atime_ns,
+                                                    os.stat(tmp_path / "a" / "test" / "y.png").st_mtime_ns))
     assert ds(tmp_path / "b").fingerprint() != first, "another root is another dataset"
     st = os.stat(tmp_path / "a" / "test" / "x.png")
     os.utime(tmp_path / "a" / "test" / "x.png", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))

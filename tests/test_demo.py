@@ -56,7 +56,8 @@ def test_demo_pictures_are_readable(demo_runs):
 
     out, proc = demo_runs[0]
     assert Image.open(out / "samples.png").width >= 512, "sample grids are enlarged (nearest neighbour)"
-    assert sorted(p.name for p in (out / "plots").glob("auroc_*.png")) == ["auroc_diffpath_6d.png", "auroc_diffpath_fused.png", "auroc_diffpath_v2.png", "auroc_recon.png"]
+    assert sorted(p.name for p in (out / "plots").glob("auroc_*.png")) == ["auroc_diffpath_6d.png", "auroc_diffpath_fused.png",
+                                                                           "auroc_diffpath_v2.png", "auroc_recon.png"]
     assert "── summary" in proc.stdout and "training" in proc.stdout.split("── summary")[1]
 
 

@@ -202,8 +202,9 @@ def test_score_reproduces_the_benchmark_scores_exactly(folder_benchmark, tmp_pat
     expected = dict(zip([files[i] for i in bench["id_indices"]], bench["id_scores"].tolist()))
     got = {r["file"]: float(r["anomaly_score"]) for r in rows}
     assert got == expected, "scores must equal the benchmark's per-image scores exactly"
-    maps = sorted(p.relative_to(tmp_path / "s" / "heatmaps").as_posix() for p in (tmp_path / "s" / "heatmaps").rglob("*_error.png"))
-    assert maps == sorted(f.replace(".png", "_error.png") for f in files), "heat maps keep the sub-folder structure"
+    maps = sorted(p.relative_to(tmp_path / "s" / "heatmaps").as_posix() for p in (tmp_path / "s" / "heatmaps").rglob("*_overlay.png"))
+    assert maps == sorted(f.replace(".png", "_overlay.png") for f in files), "overlays keep the sub-folder structure"
+    assert all(r["p_value"] == "" and r["is_anomaly"] == "" for r in rows), "a zsad evaluate prefix has no calibration"
     assert sorted(p.relative_to(test_dir) for p in test_dir.rglob("*")) == before, "nothing written inside the input folder"
 
 
@@ -214,7 +215,8 @@ def test_score_refuses_other_weights_and_outputs_inside_the_input(folder_benchma
     key = next(k for k in ckpt["state_dict"] if k.startswith("ema.ema_model.model."))
     ckpt["state_dict"][key] = ckpt["state_dict"][key] + 1e-3
     torch.save(ckpt, tmp_path / "other.ckpt")
-    proc = run_cli("score", str(root / "imgs" / "test"), "--detector", det, f"backbone.path={tmp_path / 'other.ckpt'}", f"output={tmp_path / 'x.csv'}", check=False)
+    proc = run_cli("score", str(root / "imgs" / "test"), "--detector", det, f"backbone.path={tmp_path / 'other.ckpt'}",
+                   f"output={tmp_path / 'x.csv'}", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "differs in the backbone weights (sha256)" in proc.stderr and "Pass backbone.path= the file the detector was fitted on" in proc.stderr
     proc = run_cli("score", str(root / "imgs"), "--detector", det, "--out", str(root / "imgs" / "scores.csv"), check=False)
@@ -275,7 +277,8 @@ def test_ablate_writes_one_table_and_reuses_the_cache(smoke_checkpoint, tmp_path
     cfg.parent.mkdir(parents=True)
     cfg.write_text(
         "benchmark: conf/eval/smoke.yaml\n"
-        f"overrides: ['backbone.path={smoke_checkpoint}', 'id=[digits]', 'ood=[digits,noise]', 'far_pairs=[[digits, noise]]', 'max_fit_images=24', 'max_eval_images=12']\n"
+        f"overrides: ['backbone.path={smoke_checkpoint}', 'id=[digits]', 'ood=[digits,noise]', 'far_pairs=[[digits, noise]]', "
+        "'max_fit_images=24', 'max_eval_images=12']\n"
         "scorer: diffpath_v2\n"
         "settings:\n  - {label: default, options: {steps: 4}}\n  - {label: ssim weighting, options: {steps: 4, weighting: ssim}}\n"
         "grid: {moments: [abs, norms]}\nbase_options: {steps: 4}\n"
@@ -300,14 +303,20 @@ def test_ablate_rows_of_other_scorers_and_the_wandb_run(smoke_checkpoint, tmp_pa
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text(
         "benchmark: conf/eval/smoke.yaml\n"
-        f"overrides: ['backbone.path={smoke_checkpoint}', 'id=[digits]', 'ood=[digits,noise]', 'far_pairs=[[digits, noise]]', 'max_fit_images=24', 'max_eval_images=12']\n"
+        f"overrides: ['backbone.path={smoke_checkpoint}', 'id=[digits]', 'ood=[digits,noise]', 'far_pairs=[[digits, noise]]', "
+        "'max_fit_images=24', 'max_eval_images=12']\n"
         "scorer: diffpath_v2\n"
-        "settings:\n  - {label: v2, options: {steps: 4}}\n  - {label: six, scorer: diffpath_6d, options: {steps: 4}}\n"
+        "settings:\n  - {label: v2, group: v2, options: {steps: 4}}\n  - {label: six, scorer: diffpath_6d, group: 6d, options: {steps: 4}}\n"
+        "  - {label: six cheap, scorer: diffpath_6d, group: 6d, options: {steps: 2}}\nreference: six\n"
         f"output_dir: {tmp_path / 'out'}\ncache_dir: {tmp_path / 'cache'}\nbootstrap: 0\nlogger: {{kind: wandb}}\n"
     )
     run_cli("ablate", "-c", str(cfg))
     table = json.loads((tmp_path / "out" / "ablation.json").read_text())
-    assert [(r["setting"], r["scorer"]) for r in table["rows"]] == [("v2", "diffpath_v2"), ("six", "diffpath_6d")]
+    assert [(r["setting"], r["scorer"]) for r in table["rows"]] == [("v2", "diffpath_v2"), ("six", "diffpath_6d"), ("six cheap", "diffpath_6d")]
+    assert [r["evaluations_per_image"] for r in table["rows"]] == [4, 4, 2] and table["reference"] == "six"
+    assert table["rows"][1]["delta"] == [0.0, 0.0, 0.0], "the reference against itself"
+    assert table["rows"][2]["delta"][0] == pytest.approx(table["rows"][2]["mean_far"] - table["rows"][1]["mean_far"], abs=1e-12)
+    assert (tmp_path / "out" / "cost.png").is_file() and "Δ mean all [95% CI]" in (tmp_path / "out" / "ablation.md").read_text()
     six = json.loads((tmp_path / "out" / "settings" / "six" / "results.json").read_text())
     assert table["rows"][1]["digits→noise"] == next(r["auroc"] for r in six["rows"] if r["ood"] == "noise")
     runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
@@ -316,7 +325,7 @@ def test_ablate_rows_of_other_scorers_and_the_wandb_run(smoke_checkpoint, tmp_pa
     assert run["summary"]["ablate/six/mean_far"] == table["rows"][1]["mean_far"] and run["exit_code"] == 0
     logged = run["history"][0]
     assert logged["ablate/table"]["_type"] == "table-file" and logged["ablate/plot"]["_type"] == "image-file"
-    assert logged["ablate/table"]["nrows"] == 2
+    assert logged["ablate/table"]["nrows"] == 3 and logged["ablate/cost"]["_type"] == "image-file"
     bad = tmp_path / "bad.yaml"
     bad.write_text(cfg.read_text().replace("scorer: diffpath_6d", "scorer: diffpath_9d").replace(str(tmp_path / "out"), str(tmp_path / "out2")))
     res = run_cli("ablate", "-c", str(bad), check=False)

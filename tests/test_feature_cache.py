@@ -129,10 +129,11 @@ def test_concurrent_evaluations_share_one_cache(smoke_checkpoint, tmp_path):
         "evaluate", "-c", "conf/eval/smoke.yaml", f"backbone.path={smoke_checkpoint}", f"cache_dir={tmp_path / 'cache'}",
         "scorers=[{name: diffpath_v2, options: {steps: 5}}, {name: diffpath_6d, options: {steps: 5}}]", "logger=none", "plots=false",
     ]
-    procs = [subprocess.Popen([*ZSAD, *common, f"output_dir={tmp_path / name}"], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([*ZSAD, *common, f"output_dir={tmp_path / name}"], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
              for name in ("a", "b")]
     outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-4000:]
     tables = [json.loads((tmp_path / name / "results.json").read_text())["rows"] for name in ("a", "b")]
     assert tables[0] == tables[1]

@@ -133,7 +133,7 @@ def test_real_mvtec_names_folder_layout_and_a_fitted_detector(trained_checkpoint
         mask = np.zeros((64, 64), np.uint8)
         mask[32:] = 255
         Image.fromarray(mask).save(cat / "ground_truth" / "broken_large" / f"{i:03d}_mask.png")  # 64 px masks of 32 px images
-    proc = run_cli("test", "--data", f"mvtec:{tmp_path / 'mvtec'}", "--backbone", str(trained_checkpoint), "-o", str(tmp_path / "o1"), *FAST,
+    run_cli("test", "--data", f"mvtec:{tmp_path / 'mvtec'}", "--backbone", str(trained_checkpoint), "-o", str(tmp_path / "o1"), *FAST,
                    "--no-baselines", "--logger", "none", "--cache-dir", str(tmp_path / "cache"))
     row = json.loads((tmp_path / "o1" / "results.json").read_text())["rows"][0]
     assert row["category"] == "bottle" and row["image_auroc"] > 0.9 and row["pixel_auroc"] is not None

@@ -194,3 +194,37 @@ def test_bootstrap_interval_of_the_mean_auroc_over_pairs():
     assert lo <= true <= hi and hi - lo < 0.1
     shifted = [(i + 1e6, o + 1e6) for i, o in pairs]
     assert bootstrap_mean_auroc(shifted, n_boot=200, seed=0) == (lo, hi), "ranks: offsets change nothing"
+
+
+def test_paired_bootstrap_delta_equals_an_independent_sklearn_loop():
+    """Δ mean AUROC of two settings on the same images: the point value and every resample equal a plain
+    sklearn loop drawing the same indices; a setting against itself is exactly 0; pairing narrows the interval."""
+    from sklearn.metrics import roc_auc_score
+
+    from zsad.evaluation.metrics import bootstrap_mean_auroc, paired_bootstrap_delta
+
+    rng = np.random.default_rng(3)
+    pairs_b = [(rng.normal(0, 1, 40), rng.normal(1, 1, 30)), (rng.normal(0, 1, 25), rng.normal(0.5, 1, 35))]
+    pairs_a = [(i + rng.normal(0, 0.3, len(i)) + 1e6, o + rng.normal(0, 0.3, len(o)) + 1e6) for i, o in pairs_b]  # correlated, other scale
+    delta, lo, hi = paired_bootstrap_delta(pairs_a, pairs_b, n_boot=300, seed=7)
+
+    def slow():
+        r = np.random.default_rng(7)
+        out = []
+        for _ in range(300):
+            total = 0.0
+            for (ia, oa), (ib, ob) in zip(pairs_a, pairs_b):
+                i, o = r.integers(0, len(ia), len(ia)), r.integers(0, len(oa), len(oa))
+                y = np.r_[np.zeros(len(i)), np.ones(len(o))]
+                total += roc_auc_score(y, np.r_[ia[i], oa[o]]) - roc_auc_score(y, np.r_[ib[i], ob[o]])
+            out.append(total / len(pairs_a))
+        return np.quantile(out, [0.025, 0.975])
+
+    point = np.mean([roc_auc_score(np.r_[np.zeros(len(ia)), np.ones(len(oa))], np.r_[ia, oa])
+                     - roc_auc_score(np.r_[np.zeros(len(ib)), np.ones(len(ob))], np.r_[ib, ob]) for (ia, oa), (ib, ob) in zip(pairs_a, pairs_b)])
+    assert delta == pytest.approx(point, abs=1e-12) and [lo, hi] == pytest.approx(list(slow()), abs=1e-12)
+    assert paired_bootstrap_delta(pairs_b, pairs_b, n_boot=50) == (0.0, 0.0, 0.0)
+    a_lo, a_hi = bootstrap_mean_auroc(pairs_a, 300, seed=7)
+    assert hi - lo < 0.6 * (a_hi - a_lo), "the paired interval is that of the difference, far narrower than one mean's"
+    with pytest.raises(ValueError, match="same images"):
+        paired_bootstrap_delta(pairs_a, [(pairs_b[0][0][:-1], pairs_b[0][1]), pairs_b[1]], n_boot=5)

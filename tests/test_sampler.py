@@ -9,7 +9,7 @@ def test_shards_disjoint_and_cover_each_epoch():
     for r in range(W):
         for step, idx in enumerate(StepBatchSampler(n, B, W, r, seed=5, start_step=0, end_step=8)):
             per_step.setdefault(step, []).append(idx)
-    for step, shards in per_step.items():
+    for shards in per_step.values():
         flat = [i for s in shards for i in s]
         assert len(flat) == len(set(flat)) == B
     epoch0 = [i for step in range(4) for s in per_step[step] for i in s]

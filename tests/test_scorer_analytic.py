@@ -1,4 +1,4 @@
-"""diffpath_v2 and recon compute what design.md §3.1 and §3.3 describe, checked numerically.
+"""diffpath_v2 and recon compute what docs/method.md §3.1 and §3.3 describe, checked numerically.
 
 The backbone predicts ε̂(x, t) = a_t·x + b_t·c + g_t·roll(x) (c a per-channel offset, roll one pixel
 along the width), so a float64 reference can recompute every network call. The references below are
@@ -95,7 +95,7 @@ def reference_diffpath_v2(
     mutation: str | None = None,
     time_range: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features [B, 6], scale [B, 6]) in float64, from design.md §3.1, one image and step at a time."""
+    """(features [B, 6], scale [B, 6]) in float64, from docs/method.md §3.1, one image and step at a time."""
     K = steps
     T = len(alphas_cumprod)
     if time_range is None:
@@ -166,7 +166,7 @@ def recon_timesteps(level: float, steps: int) -> list[int]:
 def reference_recon(
     x0: torch.Tensor, ids: torch.Tensor, levels: list[float], steps: int, mutation: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features [B, 2L], scale [B, 2L]) in float64, from design.md §3.3 (DDIM, eta = 0, raw ε̂ in the update)."""
+    """(features [B, 2L], scale [B, 2L]) in float64, from docs/method.md §3.3 (DDIM, eta = 0, raw ε̂ in the update)."""
     noise = per_image_noise(ids, x0.shape[1:], len(levels)).to(torch.float64)
     x0 = x0.to(torch.float64)
     feats, scales = [], []
@@ -204,7 +204,7 @@ def assert_matches(ours: torch.Tensor, ref: torch.Tensor, scale: torch.Tensor, r
     torch.testing.assert_close(ours / scale, ref / scale, rtol=rtol, atol=rtol)
 
 
-def diffpath_v2(backbone: Backbone, images: torch.Tensor, **options) -> torch.Tensor:
+def diffpath_v2(backbone: helpers.AnalyticBackbone, images: torch.Tensor, **options) -> torch.Tensor:
     return zsad.build_scorer("diffpath_v2", network_batch=4, **options)(backbone, images, IDS)
 
 

@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-stride", type=int, default=None, help="pixels between tiles (default: half a tile)")
     p.add_argument("--map-combination", choices=["tile", "tile+pixel", "pixel"], default=None,
                    help="anomaly map: tile scores, tile scores + the scorer's per-pixel maps (default where it has them), or pixel maps")
-    p.add_argument("--aggregation", choices=["max", "top_k"], default="max", help="image score: the maximum of the tile map, or the mean of its top 10%% of pixels")
+    p.add_argument("--aggregation", choices=["max", "top_k"], default="max",
+                   help="image score: the maximum of the tile map, or the mean of its top 10%% of pixels")
     p.add_argument("--tile-position", action="store_true", help="give the detector each tile's position too (objects at a fixed place)")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, …")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (tiles of a batch share network calls)")

@@ -128,7 +128,8 @@ def create_dashboard(entity: Optional[str], project: str, dry_run: bool, out: st
 
         entity = entity or wandb.Api().default_entity
     except Exception as err:  # noqa: BLE001 - not logged in, offline, no network
-        raise ConfigError(f"W&B is not reachable or you are not logged in ({type(err).__name__}). Run `wandb login`, or use --dry-run to write the definitions offline.") from None
+        raise ConfigError(f"W&B is not reachable or you are not logged in ({type(err).__name__}). Run `wandb login`, "
+                          "or use --dry-run to write the definitions offline.") from None
     workspace = build_workspace(spec, entity, project).save()
     report = build_report(spec, entity, project, online=True).save()
     print(f"workspace: {workspace.url}\nreport:    {report.url}")

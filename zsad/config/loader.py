@@ -66,7 +66,8 @@ def _read_yaml(path: Path) -> DictConfig:
     try:
         return OmegaConf.load(path)  # type: ignore[return-value]
     except Exception as err:  # noqa: BLE001 - YAML syntax errors of every kind
-        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0] if str(err) else type(err).__name__}. Fix the file (indentation, ':' after keys).") from None
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{path} is not valid YAML: {first}. Fix the file (indentation, ':' after keys).") from None
 
 
 def load_config(path: Optional[str | Path], overrides: Iterable[str] = (), schema: Optional[type] = None) -> DictConfig:

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 @dataclass
 class DataConfig:
-    """One dataset split, preprocessed as in design.md §2."""
+    """One dataset split, preprocessed as in docs/method.md §2."""
 
     name: str = "celeba"  # a key of zsad.data.DATASETS
     root: str = "data"  # where the files are (or will be downloaded to)
@@ -176,7 +176,7 @@ class EvalTrainerConfig:
     allow_tf32: bool = False  # TF32 convolutions/matmuls on Ampere+ GPUs: faster, ~1e-3 relative error in ε̂
     precision: str = "32-true"  # network precision for extraction: 32-true | bf16-mixed | 16-mixed (GPU)
     compile: Optional[str] = None  # torch.compile the network: default | reduce-overhead (CUDA graphs) | max-autotune
-    fast_path: bool = True  # fused attention + channels-last convolutions (float rounding only; see README)
+    fast_path: bool = True  # fused attention + channels-last convolutions (float rounding only; docs/speed.md)
 
 
 @dataclass
@@ -184,7 +184,7 @@ class EvalConfig:
     """`zsad evaluate`: zero-shot benchmark over ID × OOD dataset pairs."""
 
     output_dir: str = "outputs/eval"
-    seed: int = 0  # per-image noise seeds (design.md §2)
+    seed: int = 0  # per-image noise seeds (docs/method.md §2)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     scorers: List[ScorerSpec] = field(default_factory=lambda: [ScorerSpec()])
     datasets: Dict[str, DataConfig] = field(default_factory=dict)  # alias -> dataset (split set per use)
@@ -227,6 +227,7 @@ class SettingSpec:
     label: Optional[str] = None
     options: Dict[str, Any] = field(default_factory=dict)
     scorer: Optional[str] = None  # another scorer in the same table (e.g. the baselines); the sweep's when unset
+    group: Optional[str] = None  # the line this setting belongs to in the cost plot (a scorer and its cost knob)
 
 
 @dataclass
@@ -242,5 +243,6 @@ class AblateConfig:
     output_dir: str = "outputs/ablate"
     cache_dir: str = "outputs/feature_cache"
     bootstrap: int = 200  # resamples for the intervals of the mean AUROC; 0 disables
+    reference: Optional[str] = None  # label of the row every other is compared with (Δ mean AUROC, paired bootstrap)
     seed: int = 0
-    logger: LoggerConfig = field(default_factory=LoggerConfig)  # one run with the table and the plot
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # one run with the table and the plots

@@ -1,4 +1,4 @@
-"""Datasets (design.md §2 preprocessing): a registry of real and built-in offline sets."""
+"""Datasets (docs/method.md §2 preprocessing): a registry of real and built-in offline sets."""
 
 from zsad.data.base import ImageDataset
 from zsad.data.builtin import BUILTIN_NAMES, make_builtin

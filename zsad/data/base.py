@@ -1,7 +1,7 @@
 """Datasets as (raw image source) + (preprocessing); every item is `(image, index)`.
 
 The index is the image's position in the full split, also when `skip_corrupt` drops files or
-`max_images` keeps a prefix, so per-image seeds (design.md §2) never shift.
+`max_images` keeps a prefix, so per-image seeds (docs/method.md §2) never shift.
 """
 
 from __future__ import annotations

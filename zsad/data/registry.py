@@ -147,7 +147,8 @@ def _imagefolder_files(root: Path, split: str, fit_fraction: float = 0.5) -> tup
     test = [f for f in files if _hash_fraction(f.relative_to(root).as_posix()) >= fit_fraction]
     chosen = fit if split == "train" else test
     if not chosen:
-        raise DatasetNotFoundError(f"imagefolder: the {split} part of the flat folder '{root}' is empty ({len(files)} images split by hashed file name). Add images, or put them in {root}/train/ and {root}/test/.")
+        raise DatasetNotFoundError(f"imagefolder: the {split} part of the flat folder '{root}' is empty ({len(files)} images split by hashed file "
+                                   f"name). Add images, or put them in {root}/train/ and {root}/test/.")
     note = (f"'{root}' has no train/ or test/ folder: split by hashed file name into {len(fit)} fit (train) and "
             f"{len(test)} test images (data.options.fit_fraction={fit_fraction:g}).")
     return chosen, [note]

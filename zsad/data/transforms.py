@@ -1,4 +1,4 @@
-"""Preprocessing of design.md §2: PIL in, float32 CHW in [-1, 1] out (DiffPath's ood_utils recipe)."""
+"""Preprocessing of docs/method.md §2: PIL in, float32 CHW in [-1, 1] out (DiffPath's ood_utils recipe)."""
 
 from __future__ import annotations
 

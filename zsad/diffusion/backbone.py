@@ -22,7 +22,7 @@ class Backbone(nn.Module):
     def __init__(self, alphas_cumprod: torch.Tensor, image_size: int, fingerprint: str = ""):
         super().__init__()
         if alphas_cumprod.dtype != torch.float64:
-            raise TypeError("alphas_cumprod must be float64 (design.md §2)")
+            raise TypeError("alphas_cumprod must be float64 (docs/method.md §2)")
         self.register_buffer("alphas_cumprod", alphas_cumprod.clone(), persistent=False)
         self.num_timesteps = int(alphas_cumprod.numel())
         self.image_size = int(image_size)

@@ -1,6 +1,6 @@
 """Published improved-diffusion checkpoints (DiffPath CelebA-32, OpenAI ImageNet-64) as zsad backbones.
 
-Hyper-parameters are not stored in those files (spec §1): they come from a preset, a dict, or a JSON
+Hyper-parameters are not stored in those files (docs/improved_diffusion_format.md §1): they come from a preset, a dict, or a JSON
 file with the keys of `create_model_and_diffusion` (tests/fixtures/improved_diffusion/small_config.json)."""
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ def key_shapes(config: ImprovedDiffusionConfig) -> dict[str, tuple[int, ...]]:
 def _mismatch_report(expected: dict, state_dict: dict) -> Optional[str]:
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    wrong = [f"{k}: file {tuple(state_dict[k].shape)} vs model {expected[k]}" for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
+    wrong = [f"{k}: file {tuple(state_dict[k].shape)} vs model {expected[k]}"
+             for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
     if not (missing or unexpected or wrong):
         return None
     parts = []
@@ -121,7 +122,7 @@ def _mismatch_report(expected: dict, state_dict: dict) -> Optional[str]:
 
 
 class ImprovedDiffusionBackbone(Backbone):
-    """ε = output channels 0..2 of the UNet fed t_model = t·1000/T when rescale_timesteps (spec §4)."""
+    """ε = output channels 0..2 of the UNet fed t_model = t·1000/T when rescale_timesteps (docs/improved_diffusion_format.md §4)."""
 
     def __init__(self, unet: ImprovedUNet, config: ImprovedDiffusionConfig, fingerprint: str = ""):
         super().__init__(config.alphas_cumprod(), config.image_size, fingerprint)
@@ -142,7 +143,8 @@ def from_improved_diffusion_state_dict(state_dict: Any, config: Any = None, fing
     problem = _mismatch_report(key_shapes(cfg), state_dict)
     if problem:
         fits = [name for name, preset in PRESETS.items() if _mismatch_report(key_shapes(preset), state_dict) is None]
-        hint = f" The preset that fits this file is: {', '.join(fits)} (backbone.config={fits[0]})." if fits else " No shipped preset fits it either; pass the model's own settings as backbone.config=<json>."
+        hint = (f" The preset that fits this file is: {', '.join(fits)} (backbone.config={fits[0]})." if fits
+                else " No shipped preset fits it either; pass the model's own settings as backbone.config=<json>.")
         raise BackboneLoadError(f"Checkpoint does not match the improved-diffusion config {cfg}: {problem}.{hint}")
     with torch.device("meta"):
         unet = cfg.build()

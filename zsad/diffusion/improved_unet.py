@@ -25,7 +25,7 @@ class GroupNorm32(nn.GroupNorm):
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """[cos(t·f_i) …, sin(t·f_i) …] with f_i = exp(−ln(max_period)·i/half), in float32 (spec §2.2)."""
+    """[cos(t·f_i) …, sin(t·f_i) …] with f_i = exp(−ln(max_period)·i/half), in float32 (docs/improved_diffusion_format.md §2.2)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t[:, None].float() * freqs[None]
@@ -62,7 +62,7 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention over positions with the legacy per-head [q | k | v] channel layout (spec §2.4)."""
+    """Self-attention over positions with the legacy per-head [q | k | v] channel layout (docs/improved_diffusion_format.md §2.4)."""
 
     def __init__(self, channels: int, num_heads: int):
         super().__init__()

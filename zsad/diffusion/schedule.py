@@ -1,4 +1,4 @@
-"""Noise schedules as float64 arrays (design.md §2), and the K-step spacing `ddimK`."""
+"""Noise schedules as float64 arrays (docs/method.md §2), and the K-step spacing `ddimK`."""
 
 from __future__ import annotations
 

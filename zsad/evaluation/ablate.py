@@ -19,8 +19,8 @@ from zsad.config import load_config
 from zsad.config.schema import EvalConfig
 from zsad.errors import ConfigError
 from zsad.evaluation.evaluate import checked_scorers, evaluate
-from zsad.evaluation.metrics import bootstrap_mean_auroc
-from zsad.evaluation.report import plot_ablation, write_ablation
+from zsad.evaluation.metrics import bootstrap_mean_auroc, paired_bootstrap_delta
+from zsad.evaluation.report import plot_ablation, plot_cost, write_ablation
 from zsad.scoring.scorers import PAPER_SCORER
 from zsad.utils.console import say
 from zsad.utils.loggers import build_logger, check_logger_kind, close_loggers, log_results, wandb_run_info
@@ -48,49 +48,87 @@ def _label(options: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in options.items()) or "defaults"
 
 
-def ablate(cfg: DictConfig) -> dict[str, Any]:
-    """Run every setting of the sweep on the benchmark; write the table and the plot; return them."""
+def checked_runs(cfg: DictConfig) -> list[tuple[str, str, dict, DictConfig]]:
+    """(label, scorer, options, evaluate config) of every setting, each checked before the first one runs."""
     out = Path(cfg.output_dir)
-    settings = sweep_settings(cfg)
     base_overrides = [*cfg.overrides, f"cache_dir={cfg.cache_dir}", "logger=none", "plots=false", f"bootstrap={cfg.bootstrap}"]
     base = load_config(cfg.benchmark, base_overrides, EvalConfig)  # a broken benchmark config fails before anything runs
     if not OmegaConf.is_missing(base.backbone, "path"):  # resolved now: it may be relative to the benchmark's output_dir
         base_overrides.append(f"backbone.path={base.backbone.path}")
     check_logger_kind(cfg.logger)
-    run_cfgs = []
-    for label, scorer, options in settings:  # every setting is checked before the first one runs
+    runs = []
+    for label, scorer, options in sweep_settings(cfg):
         spec = json.dumps([{"name": scorer, "options": options}])
         run_cfg = load_config(cfg.benchmark, [*base_overrides, f"scorers={spec}", f"output_dir={out / 'settings' / _safe(label)}"], EvalConfig)
         checked_scorers(run_cfg)
-        run_cfgs.append(run_cfg)
+        runs.append((label, scorer, options, run_cfg))
+    if cfg.reference and cfg.reference not in [r[0] for r in runs]:
+        raise ConfigError(f"reference '{cfg.reference}' is not the label of a setting; labels: {', '.join(r[0] for r in runs)}.")
+    return runs
+
+
+def ablation_row(cfg: DictConfig, label: str, scorer: str, options: dict, result: dict) -> dict[str, Any]:
+    """One table row: per-pair AUROC, mean near / far / all with a bootstrap interval, the cost per image."""
+    row: dict[str, Any] = {"setting": label, "scorer": scorer, "options": options, "group": _group(cfg, label),
+                           "evaluations_per_image": result["evaluations_per_image"][scorer]}
+    for r in result["rows"]:
+        row[f"{r['id']}→{r['ood']}"] = r["auroc"]
+    for m in result["means"]:
+        row[f"mean_{m['ood']}"] = m["auroc"]
+    row["_scores"] = {group: [_scores(Path(result["output_dir"]) / "scores" / scorer / f"{r['id']}_vs_{r['ood']}.npz")
+                              for r in result["rows"] if group == "all" or r["shift"] == group] for group in ("near", "far", "all")}
+    for group, pairs in row["_scores"].items():
+        if pairs and cfg.bootstrap:
+            row[f"mean_{group}_ci"] = bootstrap_mean_auroc(pairs, int(cfg.bootstrap), seed=int(cfg.seed))
+    return row
+
+
+def add_deltas(cfg: DictConfig, rows: list[dict]) -> None:
+    """Δ mean AUROC against the reference row (near shifts where marked, else all), paired bootstrap interval."""
+    if not cfg.reference:
+        return
+    ref = next(r for r in rows if r["setting"] == cfg.reference)
+    group = "near" if ref["_scores"]["near"] else "all"
+    for r in rows:
+        r["delta_group"] = group
+        r["delta"] = paired_bootstrap_delta(r["_scores"][group], ref["_scores"][group], max(int(cfg.bootstrap), 1), seed=int(cfg.seed))
+
+
+def ablate(cfg: DictConfig) -> dict[str, Any]:
+    """Run every setting of the sweep on the benchmark; write the table and the plots; return them."""
+    out = Path(cfg.output_dir)
+    runs = checked_runs(cfg)
     rows, extracted = [], 0
-    for i, ((label, scorer, options), run_cfg) in enumerate(zip(settings, run_cfgs), 1):
-        say(f"[ablate {i}/{len(settings)}] {scorer} {label}")
+    for i, (label, scorer, options, run_cfg) in enumerate(runs, 1):
+        say(f"[ablate {i}/{len(runs)}] {scorer} {label}")
         result = evaluate(run_cfg)
         extracted += result["timing"]["extractions_run"]
-        row: dict[str, Any] = {"setting": label, "scorer": scorer, "options": options}
-        for r in result["rows"]:
-            row[f"{r['id']}→{r['ood']}"] = r["auroc"]
-        for m in result["means"]:
-            row[f"mean_{m['ood']}"] = m["auroc"]
-        for group in ("near", "far", "all"):
-            files = [Path(result["output_dir"]) / "scores" / scorer / f"{r['id']}_vs_{r['ood']}.npz"
-                     for r in result["rows"] if group == "all" or r["shift"] == group]
-            if files and cfg.bootstrap:
-                row[f"mean_{group}_ci"] = bootstrap_mean_auroc([_scores(f) for f in files], int(cfg.bootstrap), seed=int(cfg.seed))
-        rows.append(row)
+        rows.append(ablation_row(cfg, label, scorer, options, result))
+    add_deltas(cfg, rows)
+    for r in rows:
+        r.pop("_scores")
     pairs = [k for k in rows[0] if "→" in k]
-    write_ablation(out, rows, pairs)
-    plot = plot_ablation(out / "ablation.png", rows, pairs, Path(str(cfg.benchmark)).stem)
-    wandb = log_ablation(cfg, out, rows, pairs, plot)
-    say(f"[ablate] {len(settings)} settings, {extracted} extraction(s) computed; table {out / 'ablation.md'}")
+    write_ablation(out, rows, pairs, cfg.reference)
+    plots = [plot_ablation(out / "ablation.png", rows, pairs, Path(str(cfg.benchmark)).stem)]
+    if any(r["group"] for r in rows):
+        plots.append(plot_cost(out / "cost.png", rows, Path(str(cfg.benchmark)).stem, cfg.reference))
+    wandb = log_ablation(cfg, out, rows, pairs, plots)
+    say(f"[ablate] {len(runs)} settings, {extracted} extraction(s) computed; table {out / 'ablation.md'}")
     if wandb and wandb.get("sync"):
         say(f"[ablate] W&B run (offline): {wandb['sync']}")
-    return {"rows": rows, "pairs": pairs, "extractions_run": extracted, "output_dir": str(out), "plot": str(plot),
+    return {"rows": rows, "pairs": pairs, "extractions_run": extracted, "output_dir": str(out), "plot": str(plots[0]), "plots": [str(p) for p in plots],
             "table_markdown": (out / "ablation.md").read_text(), "wandb": wandb}
 
 
-def log_ablation(cfg: DictConfig, out: Path, rows: list[dict], pairs: list[str], plot: Path) -> dict | None:
+def _group(cfg: DictConfig, label: str) -> str | None:
+    """The line of the cost plot a setting belongs to (its `group`), if the config gives one."""
+    for s in cfg.settings or []:
+        if (s.get("label") or "") == label:
+            return s.get("group")
+    return None
+
+
+def log_ablation(cfg: DictConfig, out: Path, rows: list[dict], pairs: list[str], plots: list[Path]) -> dict | None:
     """One run (job_type `ablate`) holding the table, the plot and each setting's mean AUROCs."""
     loggers = build_logger(cfg.logger, out, OmegaConf.to_container(cfg, resolve=True), job_type="ablate")
     failed = True
@@ -98,7 +136,8 @@ def log_ablation(cfg: DictConfig, out: Path, rows: list[dict], pairs: list[str],
         groups = [g for g in ("near", "far", "all") if f"mean_{g}" in rows[0]]
         scalars = {f"ablate/{key}/mean_{g}": r[f"mean_{g}"] for key, r in zip(metric_keys([r["setting"] for r in rows]), rows) for g in groups}
         columns = ["setting", "scorer", *pairs, *[f"mean_{g}" for g in groups]]
-        log_results(loggers, scalars, tables={"ablate/table": (columns, [[r.get(c) for c in columns] for r in rows])}, images={"ablate/plot": plot})
+        log_results(loggers, scalars, tables={"ablate/table": (columns, [[r.get(c) for c in columns] for r in rows])},
+                    images={"ablate/plot": plots[0], **({"ablate/cost": plots[1]} if len(plots) > 1 else {})})
         failed = False
         return wandb_run_info(loggers)
     finally:

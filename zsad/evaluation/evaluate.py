@@ -234,7 +234,8 @@ def score_pairs(run: Run, features: dict, fitted: dict) -> tuple[list[dict], dic
             id_fs, ood_fs = features[(scorer.name, id_alias, cfg.eval_split)], features[(scorer.name, ood_alias, cfg.eval_split)]
             id_scores, scores = detector.score(id_fs.features), detector.score(ood_fs.features)
             m = ood_metrics(id_scores, scores)
-            lo, hi = bootstrap_auroc_ci(id_scores, scores, n_boot=int(cfg.bootstrap), seed=int(cfg.seed), progress=bar.update) if cfg.bootstrap else (None, None)
+            lo, hi = bootstrap_auroc_ci(id_scores, scores, n_boot=int(cfg.bootstrap), seed=int(cfg.seed),
+                                        progress=bar.update) if cfg.bootstrap else (None, None)
             pub = published_auroc(scorer, run.backbone, cfg.datasets[id_alias].name, cfg.datasets[ood_alias].name)
             rows.append({
                 "scorer": scorer.name, "id": id_alias, "ood": ood_alias,
@@ -278,10 +279,12 @@ def report(run: Run, rows: list[dict], curves: dict, features: dict) -> dict[str
     detectors = {f"{name}/{alias}": describe_detector(d) for (name, alias), d in run.fitted.items()}
     summary = {
         "stages_s": run.stages, "extractions": run.extractions, "cache_dir": str(cfg.cache_dir), "detectors": detectors,
-        "outputs": {"table": str(run.out / "results.md"), "plots": str(run.out / "plots"), "scores": str(run.out / "scores"), "detectors": str(run.out / "detectors")},
+        "outputs": {"table": str(run.out / "results.md"), "plots": str(run.out / "plots"), "scores": str(run.out / "scores"),
+                    "detectors": str(run.out / "detectors")},
         "wandb": wandb_run_info(run.loggers),
     }
-    return {"rows": rows, "means": means, "table_markdown": md, "output_dir": str(run.out), "plots": [str(p) for p in plots], "timing": timing, "summary": summary}
+    return {"rows": rows, "means": means, "table_markdown": md, "output_dir": str(run.out), "plots": [str(p) for p in plots], "timing": timing,
+            "summary": summary}
 
 
 def _plots(run: Run, rows: list[dict], curves: dict) -> list[Path]:

@@ -99,7 +99,8 @@ def run_test(data: str, out: str | Path, backbone: Optional[str] = None, detecto
     sets = check_inputs(data, out, backbone, detector, settings)
     device = resolve_device(settings.device)
     bb = load_backbone(backbone, device=device) if backbone and not detector else None
-    loggers = build_logger(logger_cfg, out, {"data": data, "backbone": backbone, "detector": detector, **settings.__dict__}, job_type="test") if logger_cfg else []
+    loggers = build_logger(logger_cfg, out, {"data": data, "backbone": backbone, "detector": detector, **settings.__dict__},
+                           job_type="test") if logger_cfg else []
     failed = True
     try:
         rows, sheets, notes = [], {}, []
@@ -135,7 +136,8 @@ def _tensor(images: Images, size: int) -> torch.Tensor:
     return torch.stack([ds[i][0] for i in range(len(ds))]) if len(ds) else torch.zeros((0, 3, size, size))
 
 
-def evaluate_category(labelled: LabelledSet, bb: Optional[Backbone], detector: Optional[str], settings: IndustrialSettings, out: Path) -> tuple[list[dict], Optional[Path]]:
+def evaluate_category(labelled: LabelledSet, bb: Optional[Backbone], detector: Optional[str], settings: IndustrialSettings,
+                      out: Path) -> tuple[list[dict], Optional[Path]]:
     """Fit, score and measure every method on one category; overlays of the first method."""
     test_images = Images(FileSource([i.path for i in labelled.test]), [i.name for i in labelled.test], None, labelled.category)
     labels = np.array([i.label for i in labelled.test])
@@ -269,7 +271,8 @@ def example_overlays(labelled: LabelledSet, r: Scored, out: Path, n: int) -> Pat
             img = img.convert("RGB")
         full = upsample(torch.from_numpy(np.ascontiguousarray(r.maps[i])), (img.height, img.width))
         picture = overlay(img, full, r.style, truth=load_mask(item) if labelled.has_masks else None)
-        target = out / "overlays" / labelled.category / r.method / f"{kind.replace(' ', '_').replace('?', '')}_{Path(item.name).with_suffix('').as_posix().replace('/', '_')}.png"
+        stem = Path(item.name).with_suffix("").as_posix().replace("/", "_")
+        target = out / "overlays" / labelled.category / r.method / f"{kind.replace(' ', '_').replace('?', '')}_{stem}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         picture.save(target)
         tiles.append((f"{kind}: {item.name}", f"score {r.scores[i]:.4g}", picture))
@@ -311,7 +314,8 @@ def report(out: Path, rows: list[dict], sheets: dict, notes: list[str], settings
               "8-connected regions pooled over the test images, PRO integrated against the FPR of all normal pixels up to 0.3, divided by 0.3. "
               "Rates: at the conformal threshold of the fitted rate α, with Clopper–Pearson 95% intervals; false alarms are counted on the normal "
               "test images, detections on the defective ones."]
-    lines += [f"* {r['category']} / {r['method']}: rates left out: {r['rates_note']}." for r in rows if r.get("rates_note") and r["rates_note"] != "ablation row"]
+    lines += [f"* {r['category']} / {r['method']}: rates left out: {r['rates_note']}."
+              for r in rows if r.get("rates_note") and r["rates_note"] != "ablation row"]
     if any(r.get("rates_note") == "ablation row" for r in rows):
         lines.append("* Rows `[map: …]` and `[score: …]` are ablations of the first scorer from the same network pass: the other map combination "
                      "(only the pixel metrics differ) and the other image-score aggregation (only the image metrics differ); no rates (they would need "

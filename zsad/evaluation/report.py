@@ -10,7 +10,8 @@ import numpy as np
 
 from zsad.utils.files import disk_full_guard
 
-COLUMNS = ["scorer", "id", "ood", "shift", "auroc", "auroc_ci_low", "auroc_ci_high", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood", "published_auroc", "delta_auroc"]
+COLUMNS = ["scorer", "id", "ood", "shift", "auroc", "auroc_ci_low", "auroc_ci_high", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood",
+           "published_auroc", "delta_auroc"]
 
 
 def mean_rows(rows: list[dict]) -> list[dict]:
@@ -43,7 +44,8 @@ def _fmt_delta(value) -> str:
 
 def to_markdown(rows: list[dict], means: list[dict], title: str = "", published_sources: dict[str, str] | None = None) -> str:
     has_published = any(r.get("published_auroc") is not None for r in rows)
-    head = ["scorer", "ID", "OOD", "shift", "AUROC [95% CI]", "FPR@95 ↓", "AUPR-In", "AUPR-Out"] + (["published AUROC", "Δ (ours − published)"] if has_published else [])
+    head = ["scorer", "ID", "OOD", "shift", "AUROC [95% CI]", "FPR@95 ↓", "AUPR-In", "AUPR-Out"] + (["published AUROC",
+                                                                                                     "Δ (ours − published)"] if has_published else [])
     lines = [f"## {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -51,11 +53,13 @@ def to_markdown(rows: list[dict], means: list[dict], title: str = "", published_
         cells = [r["scorer"], r["id"], r["ood"], r.get("shift") or "", f"{_fmt(r['auroc'])}{ci}", _fmt(r["fpr95"]), _fmt(r["aupr_in"]), _fmt(r["aupr_out"])]
         lines.append("| " + " | ".join(cells + ([_fmt(r.get("published_auroc")), _fmt_delta(r.get("delta_auroc"))] if has_published else [])) + " |")
     for r in means:
-        cells = [f"**{r['scorer']}**", "**mean**", f"**{r['ood']}** ({r['n_pairs']} pairs)", "", f"**{_fmt(r['auroc'])}**", _fmt(r["fpr95"]), _fmt(r["aupr_in"]), _fmt(r["aupr_out"])]
+        cells = [f"**{r['scorer']}**", "**mean**", f"**{r['ood']}** ({r['n_pairs']} pairs)", "", f"**{_fmt(r['auroc'])}**", _fmt(r["fpr95"]),
+                 _fmt(r["aupr_in"]), _fmt(r["aupr_out"])]
         pub = f"{_fmt(r.get('published_auroc'))} ({r['n_published_pairs']} pairs)" if r.get("published_auroc") is not None else ""
         lines.append("| " + " | ".join(cells + ([pub, _fmt_delta(r.get("delta_auroc"))] if has_published else [])) + " |")
     lines.append("")
-    lines.append("Scores are −log-likelihood under the detector (higher = more anomalous); OOD is the positive class for AUROC, FPR@95TPR and AUPR-Out, ID for AUPR-In.")
+    lines.append("Scores are −log-likelihood under the detector (higher = more anomalous); OOD is the positive class for AUROC, FPR@95TPR and "
+                 "AUPR-Out, ID for AUPR-In.")
     if has_published:
         where = "; ".join(f"{name}: {source}" for name, source in (published_sources or {}).items())
         lines.append(f"Published column ({where}; shown only beside a base model trained on the same data). A mean row's published value "
@@ -180,24 +184,70 @@ def plot_auroc_heatmap(path: Path, scorer: str, rows: list[dict], ids: list[str]
     return path
 
 
-def write_ablation(out: Path, rows: list[dict], pairs: list[str]) -> None:
+def write_ablation(out: Path, rows: list[dict], pairs: list[str], reference: str | None = None) -> None:
+    """ablation.{csv,md,json}: a row per setting, a column per pair, the means with their intervals, the network
+    evaluations per image and, against a reference row, Δ mean AUROC with its paired interval."""
     out.mkdir(parents=True, exist_ok=True)
     groups = [g for g in ("near", "far", "all") if f"mean_{g}" in rows[0]]
-    fields = ["setting", "scorer", *pairs, *[f"mean_{g}" for g in groups]]
+    has_delta = any("delta" in r for r in rows)
+    fields = ["setting", "scorer", "evaluations_per_image", *pairs, *[f"mean_{g}" for g in groups]]
     with open(out / "ablation.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(fields + [f"mean_{g}_ci" for g in groups])
+        w.writerow(fields + [f"mean_{g}_ci" for g in groups] + (["delta_group", "delta", "delta_low", "delta_high"] if has_delta else []))
         for r in rows:
-            w.writerow([r.get(k) for k in fields] + [r.get(f"mean_{g}_ci") for g in groups])
+            delta = [r.get("delta_group"), *r["delta"]] if has_delta else []
+            w.writerow([r.get(k) for k in fields] + [r.get(f"mean_{g}_ci") for g in groups] + delta)
     fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
     ci = lambda r, g: f" [{r[f'mean_{g}_ci'][0]:.3f}, {r[f'mean_{g}_ci'][1]:.3f}]" if r.get(f"mean_{g}_ci") else ""  # noqa: E731
-    head = ["setting", "scorer", *pairs, *[f"mean {g}" for g in groups]]
+    dgroup = rows[0].get("delta_group", "near")
+    head = ["setting", "scorer", "network evals / image", *pairs, *[f"mean {g}" for g in groups]] + ([f"Δ mean {dgroup} [95% CI]"] if has_delta else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join([r["setting"], r["scorer"], *[fmt(r.get(p)) for p in pairs], *[f"**{fmt(r[f'mean_{g}'])}**{ci(r, g)}" for g in groups]]) + " |")
+        cells = [r["setting"], r["scorer"], str(r.get("evaluations_per_image", "")), *[fmt(r.get(p)) for p in pairs],
+                 *[f"**{fmt(r[f'mean_{g}'])}**{ci(r, g)}" for g in groups]]
+        if has_delta:
+            d, lo, hi = r["delta"]
+            cells.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "AUROC (OOD positive) per ID→OOD pair; mean rows with a 95% bootstrap interval of the mean (every pair's ID and OOD images redrawn)."]
+    if has_delta:
+        lines.append(f"Δ: mean {dgroup}-shift AUROC minus that of the reference row `{reference}`, with a 95% paired bootstrap interval "
+                     "(the same images and the same resamples for both rows, so it is the interval of the difference).")
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
-    (out / "ablation.json").write_text(json.dumps({"pairs": pairs, "rows": rows}, indent=2, default=str))
+    (out / "ablation.json").write_text(json.dumps({"pairs": pairs, "reference": reference, "rows": rows}, indent=2, default=str))
+
+
+def plot_cost(path: Path, rows: list[dict], benchmark: str, reference: str | None = None) -> Path:
+    """Mean near-shift AUROC (bootstrap interval as error bars) against network evaluations per image, one line
+    per group of settings (a scorer and its cost knob)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    group = "near" if "mean_near" in rows[0] else "all"
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=130)
+    for name in dict.fromkeys(r["group"] for r in rows if r.get("group")):
+        mine = sorted((r for r in rows if r.get("group") == name), key=lambda r: r["evaluations_per_image"])
+        x = [r["evaluations_per_image"] for r in mine]
+        y = [r[f"mean_{group}"] for r in mine]
+        err = [[r[f"mean_{group}"] - r[f"mean_{group}_ci"][0] for r in mine], [r[f"mean_{group}_ci"][1] - r[f"mean_{group}"] for r in mine]] \
+            if all(r.get(f"mean_{group}_ci") for r in mine) else None
+        ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, lw=1.2, label=name)
+    ref = next((r for r in rows if r["setting"] == reference), None)
+    if ref is not None:
+        ax.scatter([ref["evaluations_per_image"]], [ref[f"mean_{group}"]], s=160, facecolors="none", edgecolors="k", zorder=5,
+                   label=f"default: {ref['setting']}")
+    ax.set_xscale("log")
+    ax.set(xlabel="network evaluations per image (log scale)", ylabel=f"mean {group}-shift AUROC (95% bootstrap interval)",
+           title=f"{benchmark}: AUROC against cost")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def plot_ablation(path: Path, rows: list[dict], pairs: list[str], benchmark: str) -> Path:

@@ -1,4 +1,4 @@
-"""Detectors fitted once on ID-train features (design.md §4); score = −log-likelihood (higher = anomalous).
+"""Detectors fitted once on ID-train features (docs/method.md §4); score = −log-likelihood (higher = anomalous).
 
 Saved as plain arrays (.npz) + JSON, never pickles."""
 
@@ -80,10 +80,12 @@ class GMMDetector:
         if n < min_needed:
             raise ConfigError(
                 f"The GMM detector ({self.mode} mode) needs at least {min_needed} ID-train images; got {n}. "
-                + ("Use more ID-train images (max_fit_images), fewer folds (detector.gmm.cv_folds) or detector.gmm.mode=fast." if self.mode == "grid" else "Use more ID-train images.")
+                + ("Use more ID-train images (max_fit_images), fewer folds (detector.gmm.cv_folds) or detector.gmm.mode=fast."
+                   if self.mode == "grid" else "Use more ID-train images.")
             )
         make = lambda k, cov: Pipeline(  # noqa: E731
-            [("scaler", StandardScaler()), ("gmm", GaussianMixture(k, covariance_type=cov, max_iter=self.max_iter, reg_covar=self.reg_covar, random_state=self.random_state))]
+            [("scaler", StandardScaler()), ("gmm", GaussianMixture(k, covariance_type=cov, max_iter=self.max_iter, reg_covar=self.reg_covar,
+                                                                   random_state=self.random_state))]
         )
         if self.mode == "fast":
             k = self._cap(self.n_components, n)
@@ -117,7 +119,8 @@ class GMMDetector:
         scaler, gmm = self.pipeline_["scaler"], self.pipeline_["gmm"]
         arrays = {"scaler_mean": scaler.mean_, "scaler_scale": scaler.scale_, "scaler_var": scaler.var_}
         arrays.update({f"gmm_{name}": getattr(gmm, name) for name in GMM_STATE})
-        meta = {"kind": "gmm", "settings": asdict(self), "best_params": self.best_params_, "n_features": int(scaler.n_features_in_), "covariance_type": gmm.covariance_type, "n_components": int(gmm.n_components), "n_samples_seen": int(scaler.n_samples_seen_)}
+        meta = {"kind": "gmm", "settings": asdict(self), "best_params": self.best_params_, "n_features": int(scaler.n_features_in_),
+                "covariance_type": gmm.covariance_type, "n_components": int(gmm.n_components), "n_samples_seen": int(scaler.n_samples_seen_)}
         _write(path, meta, arrays)
 
     @classmethod

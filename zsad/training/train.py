@@ -73,7 +73,8 @@ def validate(cfg: DictConfig) -> None:
         cfg,
         ["batch_size", "total_images", "trainer.max_steps", "trainer.num_nodes", "trainer.log_every_n_steps", "optim.lr",
          "checkpoint.every_n_steps", "data.image_size", "data.max_images", "ema.halflife_images"],
-        allow_zero=["samples.every_n_steps", "samples.num", "samples.sampling_steps", "optim.warmup_images", "optim.grad_clip", "optim.weight_decay", "data.num_workers"],
+        allow_zero=["samples.every_n_steps", "samples.num", "samples.sampling_steps", "optim.warmup_images", "optim.grad_clip", "optim.weight_decay",
+                    "data.num_workers"],
     )
     check_accelerator(cfg.trainer.accelerator)
     check_output_dir(cfg.output_dir)

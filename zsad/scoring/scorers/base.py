@@ -112,7 +112,8 @@ class Scorer:
     def feature_names(self) -> list[str]:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def features_and_maps(self, backbone: Backbone, images: torch.Tensor, seeds: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:  # pragma: no cover
+    def features_and_maps(self, backbone: Backbone, images: torch.Tensor, seeds: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                                        Optional[torch.Tensor]]:  # pragma: no cover
         """(features [B, D], per-pixel anomaly maps [B, H, W] or None) of preprocessed images, from one
         pass of the network. Maps are ≥ 0 and larger where the image is less like the training data."""
         raise NotImplementedError

@@ -55,7 +55,7 @@ def forward_noised(backbone: Backbone, x0: torch.Tensor, ts: torch.Tensor, noise
 
 
 def ddim_invert(backbone: Backbone, x0: torch.Tensor, steps: int, clip_denoised: bool = True, time_range: Optional[Sequence[float]] = None) -> Inversion:
-    """improved-diffusion's `ddim_reverse_sample_loop` (spec §5), in x0's dtype; ᾱ'_next of the last step
+    """improved-diffusion's `ddim_reverse_sample_loop` (docs/improved_diffusion_format.md §5), in x0's dtype; ᾱ'_next of the last step
     = 0, so the final state equals the last ε.
 
     REFERENCE_DDIM_COEFFICIENTS: the one place that does not read `noise_coefficients`. To match the
