@@ -53,7 +53,7 @@ def network_rate(backbone, batch: int, precision: str, seconds: float) -> dict:
     return {"batch": batch, "precision": precision, "evals_per_s": n / elapsed, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
-def pipeline_rate(precision: str, images: int, batch: int) -> dict:
+def pipeline_rate(precision: str, images: int, batch: int, scorer_name: str = "diffpath_6d", options: dict | None = None) -> dict:
     """`zsad evaluate`'s extraction (Lightning predict, loader, seeds, scorer, shard writes) on generated images."""
     import numpy as np
 
@@ -67,7 +67,7 @@ def pipeline_rate(precision: str, images: int, batch: int) -> dict:
     arr = np.random.default_rng(0).integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
     dataset = ImageDataset("generated", "test", ArraySource(arr, "generated"), build_transform(32), {"image_size": 32})
     backbone = _backbone(None)
-    scorer = build_scorer("diffpath_6d", steps=10, network_batch=batch)
+    scorer = build_scorer(scorer_name, network_batch=batch, **(options if options is not None else {"steps": 10}))
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
     lightning_precision = {"fp32": "32-true", "tf32": "32-true", "bf16": "bf16-mixed"}[precision]
     with tempfile.TemporaryDirectory() as cache:
@@ -76,7 +76,9 @@ def pipeline_rate(precision: str, images: int, batch: int) -> dict:
         start = time.perf_counter()
         extract_features(backbone, scorer, dataset, FeatureCache(cache), **kw)
         elapsed = time.perf_counter() - start
-    return {"precision": precision, "images": images, "batch": batch, "images_per_s": images / elapsed, "evals_per_s": images * 10 / elapsed}
+    per_image = scorer.network_evaluations_per_image(backbone.num_timesteps)
+    return {"precision": precision, "images": images, "batch": batch, "scorer": scorer.options(), "evaluations_per_image": per_image,
+            "images_per_s": images / elapsed, "evals_per_s": images * per_image / elapsed}
 
 
 def main() -> int:
@@ -109,6 +111,12 @@ def main() -> int:
         bare = max(x["evals_per_s"] for x in report["network"] if x["precision"] == precision and x["compile"] is None)
         print(f"pipeline {precision:<5} batch 1024: {r['images_per_s']:8.0f} images/s = {r['evals_per_s']:9.0f} evals/s "
               f"({r['evals_per_s'] / bare:.0%} of the bare eager network)", flush=True)
+    from zsad.scoring.scorers import RECOMMENDED_SCORER
+
+    r = pipeline_rate("bf16", args.pipeline_images, 1024, RECOMMENDED_SCORER, {})  # zsad's default detector (no lite preset ships)
+    report["default"] = r
+    print(f"default  {RECOMMENDED_SCORER} bf16 batch 1024: {r['images_per_s']:8.0f} images/s, {r['evaluations_per_image']} evaluations/image",
+          flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"written to {args.out}")

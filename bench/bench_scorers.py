@@ -4,7 +4,9 @@ outside network calls, padding, peak memory; and GMM model selection time on 50,
 DiffPath's full grid against zsad's default (grid on a 10,000 subsample, parallel folds, refit on all).
 
 Each measurement runs in a fresh process so peak RSS belongs to that run alone.
-Usage: python bench/bench_scorers.py [--images 32] [--batch 16] [--baseline] [--bf16] [--scorers ...] [--skip-grid] [--out outputs/bench/results.json]
+Also zsad's default detector (diffpath_fused): images/s and network evaluations per image at 32 px.
+Usage: python bench/bench_scorers.py [--images 32] [--batch 16] [--baseline] [--bf16] [--scorers ...] [--skip-grid] [--default-rounds 3]
+       [--out outputs/bench/results.json]
 """
 
 from __future__ import annotations
@@ -92,6 +94,34 @@ def _gmm_worker(label: str, n: int, queue) -> None:
     queue.put({"variant": label, "n": n, "fit_s": fit_s, "best_params": det.best_params_, "auroc_near_shift": auroc(det.score(held_out), det.score(shifted))})
 
 
+def _default_worker(images: int, batch: int, network_batch: int, rounds: int, queue) -> None:
+    """zsad's default detector (the recommended scorer, its defaults) at 32 px: images/s (median over rounds) and
+    network evaluations per image. No `lite` preset ships (docs/speed.md says why), so it stands alone."""
+    import statistics
+
+    import torch
+
+    import zsad
+    from zsad.diffusion.fast import set_fast_path
+    from zsad.diffusion.improved_diffusion import PRESETS, ImprovedDiffusionBackbone
+    from zsad.scoring.scorers import RECOMMENDED_SCORER
+
+    torch.manual_seed(0)
+    cfg = PRESETS["diffpath-celeba32"]
+    backbone = set_fast_path(ImprovedDiffusionBackbone(cfg.build().eval().requires_grad_(False), cfg, "bench"))
+    scorer = zsad.build_scorer(RECOMMENDED_SCORER, network_batch=network_batch)
+    x = torch.rand(images, 3, 32, 32) * 2 - 1
+    scorer(backbone, x[:batch], seed=0)  # warm-up at full size
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for i in range(0, images, batch):
+            scorer(backbone, x[i : i + batch], seed=0)
+        rates.append(images / (time.perf_counter() - start))
+    queue.put({"scorer": scorer.options(), "evaluations_per_image": scorer.network_evaluations_per_image(backbone.num_timesteps),
+               "images_per_s": statistics.median(rates), "rounds": rates})
+
+
 def _run(target, *args) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -112,6 +142,7 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="also run every scorer on the plain kernels (before/after)")
     parser.add_argument("--bf16", action="store_true", help="also run the fast path in bf16 autocast (trainer.precision=bf16-mixed; not fixture-exact)")
     parser.add_argument("--scorers", nargs="*", default=list(SCORERS), choices=list(SCORERS), help="scorers to run (default: all)")
+    parser.add_argument("--default-rounds", type=int, default=3, help="rounds of zsad's default detector (0 skips it)")
     parser.add_argument("--out", default="outputs/bench/results.json")
     args = parser.parse_args()
     import torch
@@ -132,6 +163,11 @@ def main() -> None:
             ratio = f"{r['images_per_s'] / plain['images_per_s']:8.2f}×" if fast and plain else ""
             print(f"{name:<12} {r['path']:<9} {r['images_per_s']:8.2f} {ratio:>9} {r['network_rows_per_image']:13.1f} {100 * r['padding_share']:7.1f}% "
                   f"{100 * r['outside_network_share']:11.1f}% {r['peak_rss_mib']:8.0f} MiB", flush=True)
+    if args.default_rounds:
+        r = _run(_default_worker, args.images, args.batch, args.network_batch, args.default_rounds)
+        report["default"] = r
+        print(f"default  {r['scorer']['name']} ({r['evaluations_per_image']} network evaluations/image): {r['images_per_s']:.2f} images/s "
+              "(median of rounds); no lite preset ships (docs/speed.md says why)", flush=True)
     for label in GMM_VARIANTS:
         if args.skip_grid and "DiffPath" in label:
             continue

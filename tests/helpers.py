@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -108,3 +109,17 @@ class AnalyticBackbone(Backbone):
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return analytic_eps(x_t, t)
+
+
+def level_coded(shape: tuple) -> np.ndarray:
+    """A stand-in photograph whose 4×4 blocks are flat at levels 10, 25, …, 235 (block k = i·4 + j);
+    the strips a 4×4 grid leaves over are 255, which no crop may touch."""
+    from zsad.data.package_images import GRID
+
+    h, w = shape[:2]
+    img = np.full((h, w), 255, np.uint8)
+    bh, bw = h // GRID, w // GRID
+    for i in range(GRID):
+        for j in range(GRID):
+            img[i * bh : (i + 1) * bh, j * bw : (j + 1) * bw] = 10 + 15 * (i * GRID + j)
+    return img if len(shape) == 2 else np.repeat(img[..., None], shape[2], axis=2)

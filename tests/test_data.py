@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import level_coded
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -47,18 +48,6 @@ def test_block_crops_of_the_two_splits_never_share_a_pixel():
     assert seen["train"] == train_levels and seen["test"] == set(levels.flat) - train_levels
 
 
-def _level_coded(shape: tuple) -> np.ndarray:
-    """A stand-in photograph whose 4×4 blocks are flat at levels 10, 25, …, 235 (block k = i·4 + j);
-    the strips a 4×4 grid leaves over are 255, which no crop may touch."""
-    from zsad.data.package_images import GRID
-
-    h, w = shape[:2]
-    img = np.full((h, w), 255, np.uint8)
-    bh, bw = h // GRID, w // GRID
-    for i in range(GRID):
-        for j in range(GRID):
-            img[i * bh : (i + 1) * bh, j * bw : (j + 1) * bw] = 10 + 15 * (i * GRID + j)
-    return img if len(shape) == 2 else np.repeat(img[..., None], shape[2], axis=2)
 
 
 @pytest.mark.parametrize("name", ["photos", "scenes", "materials", "cells", "documents", "space"])
@@ -73,12 +62,12 @@ def test_real_photograph_sets_take_each_split_from_its_own_blocks(name, monkeypa
     class Coded:
         def __getattr__(self, attr):
             real = getattr(skimage.data, attr)
-            return lambda: (lambda out: [_level_coded(o.shape) for o in out] if isinstance(out, tuple) else _level_coded(out.shape))(real())
+            return lambda: (lambda out: [level_coded(o.shape) for o in out] if isinstance(out, tuple) else level_coded(out.shape))(real())
 
     monkeypatch.setattr(package_images, "_skimage", lambda: Coded())
     real_photos = sklearn.datasets.load_sample_images
     monkeypatch.setattr(sklearn.datasets, "load_sample_images",
-                        lambda: type("Bunch", (), {"images": [_level_coded(i.shape) for i in real_photos().images]})())
+                        lambda: type("Bunch", (), {"images": [level_coded(i.shape) for i in real_photos().images]})())
     parity = {"train": {10 + 15 * k for k in range(16) if (k // 4 + k % 4) % 2 == 0}}
     parity["test"] = {10 + 15 * k for k in range(16)} - parity["train"]
     for split in ("train", "test"):

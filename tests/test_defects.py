@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import level_coded
 from PIL import Image
 
 from zsad.data.defects import CATEGORIES, COIN_SIDE, FAMILIES, _load_source, coin_cells, make_defect_benchmark, make_defect_image
@@ -108,17 +109,6 @@ def test_coin_cells_tile_the_photograph_and_hold_a_crop(bench):
     assert sorted(c[6] for c in coin_cells(shape)) == [0] * 12 + [1] * 12
 
 
-def _level_coded_blocks(shape: tuple) -> np.ndarray:
-    """Like tests/test_data.py: 4×4 blocks flat at levels 10, 25, …, 235; leftover strips 255."""
-    from zsad.data.package_images import GRID
-
-    h, w = shape[:2]
-    img = np.full((h, w), 255, np.uint8)
-    bh, bw = h // GRID, w // GRID
-    for i in range(GRID):
-        for j in range(GRID):
-            img[i * bh : (i + 1) * bh, j * bw : (j + 1) * bw] = 10 + 15 * (i * GRID + j)
-    return img if len(shape) == 2 else np.repeat(img[..., None], shape[2], axis=2)
 
 
 def _level_coded_coins(shape: tuple) -> np.ndarray:
@@ -141,7 +131,7 @@ def test_fit_and_test_crops_come_from_disjoint_source_regions(monkeypatch, tmp_p
             cells = coin_cells(real.shape)
             levels[category] = {split: {10 + 10 * k for k, c in enumerate(cells) if c[6] == parity} for split, parity in (("train", 0), ("test", 1))}
         else:
-            coded = _level_coded_blocks(real.shape)
+            coded = level_coded(real.shape)
             train = {10 + 15 * k for k in range(16) if (k // 4 + k % 4) % 2 == 0}
             levels[category] = {"train": train, "test": {10 + 15 * k for k in range(16)} - train}
         monkeypatch.setattr(skimage.data, spec.source, lambda coded=coded: coded)

@@ -218,7 +218,7 @@ def test_score_refuses_other_weights_and_outputs_inside_the_input(folder_benchma
     proc = run_cli("score", str(root / "imgs" / "test"), "--detector", det, f"backbone.path={tmp_path / 'other.ckpt'}",
                    f"output={tmp_path / 'x.csv'}", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert "differs in the backbone weights (sha256)" in proc.stderr and "Pass backbone.path= the file the detector was fitted on" in proc.stderr
+    assert "differs in the backbone weights (sha256)" in proc.stderr and "Pass the backbone the detector was fitted with" in proc.stderr
     proc = run_cli("score", str(root / "imgs"), "--detector", det, "--out", str(root / "imgs" / "scores.csv"), check=False)
     assert proc.returncode == 2 and "inside the input folder" in proc.stderr
 

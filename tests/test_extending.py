@@ -11,9 +11,8 @@ import types
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import REPO
+from omegaconf import OmegaConf
 
 
 @pytest.fixture()

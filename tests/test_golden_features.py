@@ -124,9 +124,9 @@ def golden() -> dict:
 
 
 def test_every_scorer_has_a_defaults_case(golden):
-    from zsad.scoring.scorers import SCORERS
+    from zsad.scoring.scorers import SCORERS, build_scorer
 
-    missing = [n for n, cls in SCORERS.items() if "defaults" not in golden.get(n, {}).get(str(cls.version), {})]
+    missing = [n for n in SCORERS if "defaults" not in golden.get(n, {}).get(str(build_scorer(n).version), {})]
     assert not missing, f"record golden defaults for {missing}: python tests/test_golden_features.py --record"
 
 

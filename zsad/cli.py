@@ -139,6 +139,13 @@ COMMANDS = {
 }
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Where and how `zsad fit` and `zsad test` run."""
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, …")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (tiles of a batch share network calls)")
+    p.add_argument("--cache-dir", default="outputs/feature_cache", help="feature cache (default outputs/feature_cache)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     noise = common.add_mutually_exclusive_group()
@@ -178,9 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregation", choices=["max", "top_k"], default="max",
                    help="image score: the maximum of the tile map, or the mean of its top 10%% of pixels")
     p.add_argument("--tile-position", action="store_true", help="give the detector each tile's position too (objects at a fixed place)")
-    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, …")
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch (tiles of a batch share network calls)")
-    p.add_argument("--cache-dir", default="outputs/feature_cache", help="feature cache (default outputs/feature_cache)")
+    _add_run_options(p)
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (counted) instead of stopping at the first")
     p.add_argument("--force", action="store_true", help="replace an existing detector folder")
     p.set_defaults(func=_cmd_fit, overrides=[])
@@ -223,9 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregation", choices=["max", "top_k"], default="max")
     p.add_argument("--metric-size", type=int, default=None, help="compute pixel metrics at this size instead of the masks' resolution")
     p.add_argument("--no-baselines", action="store_true", help="skip the pixel_gaussian and nearest_ssim rows")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--cache-dir", default="outputs/feature_cache")
+    _add_run_options(p)
     p.add_argument("--logger", choices=["wandb", "csv", "none"], default="wandb", help="where the table and overlays are logged (W&B offline by default)")
     p.set_defaults(func=_cmd_test, overrides=[])
     p = sub.add_parser(

@@ -60,7 +60,7 @@ class ImprovedDiffusionConfig:
         raise ConfigError(f"Unknown improved-diffusion noise_schedule '{self.noise_schedule}' (cosine, linear).")
 
 
-# Spec §1.1: the DiffPath YAMLs merged over improved-diffusion's defaults.
+# docs/improved_diffusion_format.md §1.1: the DiffPath YAMLs merged over improved-diffusion's defaults.
 PRESETS: dict[str, ImprovedDiffusionConfig] = {
     "diffpath-celeba32": ImprovedDiffusionConfig(
         image_size=32, num_channels=128, num_res_blocks=3, dropout=0.3, learn_sigma=True, diffusion_steps=4000, noise_schedule="cosine"

@@ -283,8 +283,9 @@ def report(run: Run, rows: list[dict], curves: dict, features: dict) -> dict[str
                     "detectors": str(run.out / "detectors")},
         "wandb": wandb_run_info(run.loggers),
     }
+    costs = {s.name: s.network_evaluations_per_image(run.backbone.num_timesteps) for s in run.scorers}
     return {"rows": rows, "means": means, "table_markdown": md, "output_dir": str(run.out), "plots": [str(p) for p in plots], "timing": timing,
-            "summary": summary}
+            "summary": summary, "evaluations_per_image": costs}
 
 
 def _plots(run: Run, rows: list[dict], curves: dict) -> list[Path]:

@@ -87,6 +87,17 @@ def _write_results(out: Path, rows: list[dict], means: list[dict], extra: dict, 
     return md
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write and close a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_roc(path: Path, scorer: str, id_name: str, curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> Path:
     """ROC curves of every OOD set against one ID set."""
     import matplotlib
@@ -100,11 +111,7 @@ def plot_roc(path: Path, scorer: str, id_name: str, curves: dict[str, tuple[np.n
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="FPR (ID flagged)", ylabel="TPR (OOD flagged)", title=f"{scorer}: ID = {id_name}", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def score_axis(scores: np.ndarray) -> str:
@@ -151,11 +158,7 @@ def plot_histograms(path: Path, scorer: str, id_name: str, id_scores: np.ndarray
         ax.set_xscale("symlog", linthresh=linthresh)
     ax.set(xlabel=f"anomaly score (−log-likelihood){'' if axis == 'linear' else f', {axis} axis'}", ylabel="images", title=f"{scorer}: ID = {id_name}")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_auroc_heatmap(path: Path, scorer: str, rows: list[dict], ids: list[str], oods: list[str]) -> Path:
@@ -177,11 +180,7 @@ def plot_auroc_heatmap(path: Path, scorer: str, rows: list[dict], ids: list[str]
     ax.set_yticks(range(len(ids)), ids)
     ax.set(xlabel="OOD set", ylabel="ID set", title=f"{scorer}: AUROC")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_ablation(out: Path, rows: list[dict], pairs: list[str], reference: str | None = None) -> None:
@@ -226,7 +225,7 @@ def plot_cost(path: Path, rows: list[dict], benchmark: str, reference: str | Non
     import matplotlib.pyplot as plt
 
     group = "near" if "mean_near" in rows[0] else "all"
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=130)
+    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=130)
     for name in dict.fromkeys(r["group"] for r in rows if r.get("group")):
         mine = sorted((r for r in rows if r.get("group") == name), key=lambda r: r["evaluations_per_image"])
         x = [r["evaluations_per_image"] for r in mine]
@@ -239,15 +238,14 @@ def plot_cost(path: Path, rows: list[dict], benchmark: str, reference: str | Non
         ax.scatter([ref["evaluations_per_image"]], [ref[f"mean_{group}"]], s=160, facecolors="none", edgecolors="k", zorder=5,
                    label=f"default: {ref['setting']}")
     ax.set_xscale("log")
+    costs = sorted({r["evaluations_per_image"] for r in rows if r.get("group")})
+    ax.set_xticks(costs, [str(c) for c in costs], fontsize=7)
+    ax.minorticks_off()
     ax.set(xlabel="network evaluations per image (log scale)", ylabel=f"mean {group}-shift AUROC (95% bootstrap interval)",
            title=f"{benchmark}: AUROC against cost")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return _save(fig, path)
 
 
 def plot_ablation(path: Path, rows: list[dict], pairs: list[str], benchmark: str) -> Path:
@@ -264,7 +262,4 @@ def plot_ablation(path: Path, rows: list[dict], pairs: list[str], benchmark: str
     ax.set_xticks(range(len(pairs)), pairs, rotation=40, ha="right", fontsize=7)
     ax.set(ylabel="AUROC", ylim=(0, 1.02), title=f"{benchmark}: AUROC per pair and setting")
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
