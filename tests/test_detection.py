@@ -103,9 +103,13 @@ def test_a_changed_false_alarm_rate_at_scoring_time(whole, folders):
 
 @pytest.fixture(scope="module")
 def fitted_folder(folders, trained_checkpoint, tmp_path_factory):
-    """`zsad fit` on the CLI: tiles (32 px working size, 16 px tiles every 8 px), the fused scorer's maps."""
+    """`zsad fit` on the CLI: tiles (32 px working size, 16 px tiles every 8 px), the fused scorer's maps; 50 normal images."""
     out = tmp_path_factory.mktemp("fit") / "det"
-    proc = run_cli("fit", str(folders / "normal"), "-o", str(out), "--backbone", str(trained_checkpoint), "--working-size", "32", "--tile-stride", "8",
+    small = out.parent / "normal50"
+    small.mkdir()
+    for f in sorted((folders / "normal").glob("*.png"))[:50]:
+        shutil.copy(f, small / f.name)
+    proc = run_cli("fit", str(small), "-o", str(out), "--backbone", str(trained_checkpoint), "--working-size", "32", "--tile-stride", "8",
                    "--device", "cpu", "--cache-dir", str(out.parent / "cache"), "--false-alarm-rate", "0.1", "--batch-size", "20")
     return out, proc
 
@@ -117,8 +121,8 @@ def test_fit_writes_one_folder_with_a_card(fitted_folder):
     assert settings["tiling"] == {"working_size": 32, "tile": 16, "stride": 8} and settings["network_evaluations_per_image"] == 9 * 20
     assert settings["maps"]["combination"] == "tile+pixel" and settings["maps"]["vmin"] < settings["maps"]["threshold"] < settings["maps"]["vmax"]
     card = (out / "card.md").read_text()
-    assert "diffpath_fused" in card and "α = 0.1" in card and re.search(r"Beta\(2, 19\).*90% of calibration sets give between", card)
-    assert "summary" in proc.stdout and "calibrated on 20 other normal images" in proc.stdout and "180 network evaluations per image" in proc.stdout
+    assert "diffpath_fused" in card and "α = 0.1" in card and re.search(r"Beta\(1, 10\).*90% of calibration sets give between", card)
+    assert "summary" in proc.stdout and "calibrated on 10 other normal images" in proc.stdout and "180 network evaluations per image" in proc.stdout
 
 
 def test_score_writes_rows_overlays_and_a_contact_sheet(fitted_folder, folders, tmp_path):
@@ -151,10 +155,15 @@ def test_the_cli_and_the_api_give_the_same_numbers(fitted_folder, folders, tmp_p
     from zsad import AnomalyDetector
 
     out, _ = fitted_folder
-    run_cli("score", str(folders / "noise"), "--detector", str(out), "--out", str(tmp_path / "s.csv"), "--device", "cpu")
+    few = tmp_path / "few"
+    few.mkdir()
+    for f in sorted((folders / "noise").glob("*.png"))[:8] + sorted((folders / "held_out").glob("*.png"))[:8]:
+        shutil.copy(f, few / f.name)
+    run_cli("score", str(few), "--detector", str(out), "--out", str(tmp_path / "s.csv"), "--device", "cpu")
     with open(tmp_path / "s.csv") as f:
         cli = {r["file"]: (float(r["anomaly_score"]), float(r["p_value"])) for r in csv.DictReader(f)}
-    res = AnomalyDetector.load(out, device="cpu").score(folders / "noise", with_maps=False)
+    res = AnomalyDetector.load(out, device="cpu").score(few, with_maps=False)
+    assert len(cli) == 16
     assert {n: (s, p) for n, s, p in zip(res.files, res.scores, res.p_values)} == cli
 
 
@@ -240,12 +249,14 @@ def test_readme_example_runs(folders, trained_checkpoint, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outputs/demo/train/checkpoints").mkdir(parents=True)
     shutil.copy(trained_checkpoint, tmp_path / "outputs/demo/train/checkpoints/last.ckpt")
-    shutil.copytree(folders / "normal", tmp_path / "normal")
-    shutil.copytree(folders / "noise", tmp_path / "to_check")
+    for name, source, count in (("normal", "normal", 40), ("to_check", "noise", 10)):
+        (tmp_path / name).mkdir()
+        for f in sorted((folders / source).glob("*.png"))[:count]:
+            shutil.copy(f, tmp_path / name / f.name)
     namespace: dict = {}
     exec(compile(block.group(1), "README.md", "exec"), namespace)
     res = namespace["res"]
-    assert len(res.files) == 40 and res.p_values is not None and len(res.maps) == 40 and (tmp_path / "det" / "card.md").is_file()
+    assert len(res.files) == 10 and res.p_values is not None and len(res.maps) == 10 and (tmp_path / "det" / "card.md").is_file()
 
 
 def test_scoring_memory_stays_flat(whole, tmp_path):

@@ -107,3 +107,15 @@ def test_site_builds_strictly_and_the_cli_reference_is_complete(tmp_path):
     missing = [command for command, help_text in texts.items() if _squash(help_text) not in text]
     assert not missing, f"the built CLI reference lacks the current --help of: {missing} (docs/hooks.py)"
     assert not list(site.rglob("hooks.py")), "the hook is not published as a page asset"
+
+
+def test_the_lite_decision_is_stated_with_the_cost_it_rests_on():
+    """No `lite` preset ships (docs/speed.md says why); the default it was measured against costs what the page says."""
+    import zsad
+    from zsad.scoring.scorers import RECOMMENDED_SCORER
+
+    speed = (REPO / "docs" / "speed.md").read_text()
+    assert "No `lite` preset ships because" in speed
+    default = zsad.build_scorer(RECOMMENDED_SCORER)
+    assert default.network_evaluations_per_image(1000) == 20 and "`diffpath_fused` at 10 steps (20 network evaluations per image)" in speed
+    assert zsad.build_scorer(RECOMMENDED_SCORER, steps=3).network_evaluations_per_image(1000) == 6, "the closest candidate's cost"

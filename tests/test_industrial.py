@@ -133,7 +133,7 @@ def test_real_mvtec_names_folder_layout_and_a_fitted_detector(trained_checkpoint
         mask = np.zeros((64, 64), np.uint8)
         mask[32:] = 255
         Image.fromarray(mask).save(cat / "ground_truth" / "broken_large" / f"{i:03d}_mask.png")  # 64 px masks of 32 px images
-    run_cli("test", "--data", f"mvtec:{tmp_path / 'mvtec'}", "--backbone", str(trained_checkpoint), "-o", str(tmp_path / "o1"), *FAST,
+    run_ok("test", "--data", f"mvtec:{tmp_path / 'mvtec'}", "--backbone", str(trained_checkpoint), "-o", str(tmp_path / "o1"), *FAST,
                    "--no-baselines", "--logger", "none", "--cache-dir", str(tmp_path / "cache"))
     row = json.loads((tmp_path / "o1" / "results.json").read_text())["rows"][0]
     assert row["category"] == "bottle" and row["image_auroc"] > 0.9 and row["pixel_auroc"] is not None
@@ -142,16 +142,23 @@ def test_real_mvtec_names_folder_layout_and_a_fitted_detector(trained_checkpoint
     normal, abnormal = tmp_path / "f" / "normal", tmp_path / "f" / "abnormal"
     shutil.copytree(cat / "train" / "good", normal)
     shutil.copytree(cat / "test" / "broken_large", abnormal)
-    run_cli("test", "--data", f"folder:{normal},{abnormal}", "--backbone", str(trained_checkpoint), "-o", str(tmp_path / "o2"), *FAST,
+    run_ok("test", "--data", f"folder:{normal},{abnormal}", "--backbone", str(trained_checkpoint), "-o", str(tmp_path / "o2"), *FAST,
             "--no-baselines", "--logger", "none", "--cache-dir", str(tmp_path / "cache"), "--false-alarm-rate", "0.2")
     row = json.loads((tmp_path / "o2" / "results.json").read_text())["rows"][0]
     assert row["pixel_auroc"] is None and row["image_auroc"] is not None and row["n_good"] >= 1
     # a detector fitted by `zsad fit`, tested as it is
-    run_cli("fit", str(cat / "train" / "good"), "-o", str(tmp_path / "det"), "--backbone", str(trained_checkpoint), "--working-size", "32",
+    run_ok("fit", str(cat / "train" / "good"), "-o", str(tmp_path / "det"), "--backbone", str(trained_checkpoint), "--working-size", "32",
             "--tile-stride", "16", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"))
-    run_cli("test", "--data", f"mvtec:{cat}", "--detector", str(tmp_path / "det"), "-o", str(tmp_path / "o3"), "--device", "cpu", "--logger", "none")
+    run_ok("test", "--data", f"mvtec:{cat}", "--detector", str(tmp_path / "det"), "-o", str(tmp_path / "o3"), "--device", "cpu", "--logger", "none")
     rows = json.loads((tmp_path / "o3" / "results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["diffpath_fused"] and rows[0]["false_alarm"]["n"] == 8
+
+
+def run_ok(*args: str):
+    """A command in this process (no interpreter start-up), which must succeed."""
+    proc = run_inprocess(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def test_bad_labelled_data_is_named(tmp_path, trained_checkpoint):
