@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-slow test-slurm docs ad-demo train-celeba eval-all eval-published demo ablate real32 bench bench-gpu clean
+.PHONY: help install lint test test-slow test-slurm docs ad-demo bench-tiles train-celeba eval-all eval-published demo ablate real32 bench bench-gpu clean
 
 help: $(BIN)/zsad ## list the targets (installs .venv first if missing)
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ ad-demo: $(BIN)/zsad ## offline industrial defect benchmark: MVTec-layout data f
 
 bench: $(BIN)/zsad ## CPU speed: scorer images/s before/after the fast path, GMM selection time (outputs/bench/)
 	$(BIN)/python bench/bench_scorers.py $(ARGS)
+
+bench-tiles: $(BIN)/zsad ## CPU cost of localisation by tiles: one image at 256 px through the default detector (outputs/bench/)
+	$(BIN)/python bench/bench_tiles.py $(ARGS)
 
 bench-gpu: $(BIN)/zsad ## GPU speed: network evals/s by batch, precision, compilation; pipeline images/s (outputs/bench/)
 	$(BIN)/python bench/bench_gpu.py $(ARGS)

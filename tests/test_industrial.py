@@ -66,6 +66,7 @@ def test_ad_demo_writes_the_table_overlays_and_a_wandb_run(ad_demo):
     assert fused["evaluations_per_image"] == 4 * 20 and fused["false_alarm"]["n"] == 8 and fused["detection"]["n"] == 12
     md = (out / "results.md").read_text()
     assert "| **mean** | **diffpath_fused** |" in md and "AUPRO" in md and "Clopper–Pearson" in md
+    assert (out / "detectors" / "grass" / "diffpath_fused" / "recipe.json").is_file(), "every fitted detector is kept, with its recipe"
     assert (out / "overlays" / "coins_diffpath_fused.png").is_file() and list((out / "overlays" / "coins" / "diffpath_fused").glob("best_hit_*.png"))
     runs = [read_offline_run(p) for p in find_offline_runs(out)]
     logged = {k for r in runs for row in r["history"] for k in row}

@@ -151,6 +151,7 @@ def evaluate_category(labelled: LabelledSet, bb: Optional[Backbone], detector: O
                                       working_size=settings.working_size, tile_stride=settings.tile_stride, device=settings.device,
                                       cache_dir=settings.cache_dir, batch_size=settings.batch_size, map_combination=settings.map_combination,
                                       aggregation=settings.aggregation, require_rate=False)
+            det.save(out / "detectors" / labelled.category / det.scorer.name, force=True)  # reusable: zsad score / zsad test --detector
         variants = settings.variants and not detectors and not detector
         scored = list(det.iter_scores(test_images, batch_size=settings.batch_size, keep_parts=variants))
         style = OverlayStyle(det.maps.vmin, det.maps.vmax, det.maps.threshold) if det.maps.vmin is not None else None
