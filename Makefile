@@ -11,7 +11,7 @@ export WANDB_SILENT ?= true
 .PHONY: help install lint test test-slow test-slurm docs ad-demo bench-tiles train-celeba eval-all eval-published demo ablate real32 bench bench-gpu clean
 
 help: $(BIN)/zsad ## list the targets (installs .venv first if missing)
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
 $(BIN)/zsad: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
