@@ -17,17 +17,13 @@ import time
 from pathlib import Path
 
 import torch
+from random_backbone import random_celeba32_backbone
 
 PRECISIONS = {"fp32": (torch.float32, False), "tf32": (torch.float32, True), "bf16": (torch.bfloat16, False)}
 
 
 def _backbone(compile_mode: str | None):
-    from zsad.diffusion.fast import set_fast_path
-    from zsad.diffusion.improved_diffusion import PRESETS, ImprovedDiffusionBackbone
-
-    torch.manual_seed(0)
-    cfg = PRESETS["diffpath-celeba32"]
-    backbone = set_fast_path(ImprovedDiffusionBackbone(cfg.build().eval().requires_grad_(False), cfg, "bench").cuda())
+    backbone = random_celeba32_backbone(device="cuda")
     if compile_mode:
         backbone.unet = torch.compile(backbone.unet, mode=compile_mode, dynamic=False)
     return backbone

@@ -18,6 +18,8 @@ import platform
 import resource
 import time
 
+from random_backbone import random_celeba32_backbone
+
 SCORERS = {
     "diffpath_v2": {"steps": 10},
     "diffpath_6d": {"steps": 10},
@@ -32,14 +34,9 @@ def _scorer_worker(name: str, options: dict, images: int, batch: int, network_ba
     import torch
 
     import zsad
-    from zsad.diffusion.improved_diffusion import PRESETS, ImprovedDiffusionBackbone
     from zsad.scoring.scorers import padding_share
 
-    torch.manual_seed(0)
-    cfg = PRESETS["diffpath-celeba32"]
-    from zsad.diffusion.fast import set_fast_path
-
-    backbone = set_fast_path(ImprovedDiffusionBackbone(cfg.build().eval().requires_grad_(False), cfg, "bench"), sdpa=fast, channels_last=fast)
+    backbone = random_celeba32_backbone(fast)
     calls = {"t": 0.0, "n": 0}
     inner = backbone.predict_eps
 
@@ -102,13 +99,9 @@ def _default_worker(images: int, batch: int, network_batch: int, rounds: int, qu
     import torch
 
     import zsad
-    from zsad.diffusion.fast import set_fast_path
-    from zsad.diffusion.improved_diffusion import PRESETS, ImprovedDiffusionBackbone
     from zsad.scoring.scorers import RECOMMENDED_SCORER
 
-    torch.manual_seed(0)
-    cfg = PRESETS["diffpath-celeba32"]
-    backbone = set_fast_path(ImprovedDiffusionBackbone(cfg.build().eval().requires_grad_(False), cfg, "bench"))
+    backbone = random_celeba32_backbone()
     scorer = zsad.build_scorer(RECOMMENDED_SCORER, network_batch=network_batch)
     x = torch.rand(images, 3, 32, 32) * 2 - 1
     scorer(backbone, x[:batch], seed=0)  # warm-up at full size
