@@ -35,13 +35,15 @@ def fit_folder(normal_dir: str, out: str, force: bool = False, **options: Any) -
 
 
 def summary_lines(det: AnomalyDetector, folder: Path) -> list[str]:
-    info, spread = det.info, rate_spread(det.false_alarm_rate, len(det.calibration))
+    info, n_cal = det.info, len(det.calibration)
+    spread = rate_spread(det.false_alarm_rate, n_cal)
     return [
         "── summary " + "─" * 60,
-        f"fitted:    {info['n_fit']} normal images ({det.scorer.name}, {det.tiling.count} tile(s) per image, "
-        f"{det.network_evaluations_per_image():,} network evaluations per image) in {info['fit_seconds']:.1f} s",
-        f"calibrated on {info['n_calibration']} other normal images: images scoring above {det.threshold:.4g} are flagged "
+        f"fitted:    {info['n_fit']} normal images ({det.scorer.name}, {det.tiling.count} tile(s) of {det.tiling.tile} px per image at "
+        f"{det.tiling.height}×{det.tiling.width} px, {det.network_evaluations_per_image():,} network evaluations per image) in {info['fit_seconds']:.1f} s",
+        f"calibrated on {n_cal} other normal images: images scoring above {det.threshold:.4g} are flagged "
         f"(target false-alarm rate {det.false_alarm_rate:g})",
         f"           {spread.sentence()}",
+        f"           p-values are multiples of 1/{n_cal + 1}: the smallest, {1 / (n_cal + 1):.3g}, only says a score is above every calibration score",
         f"detector:  {folder}/ (card.md says what it is) · score a folder with: zsad score DIR --detector {folder}",
     ]

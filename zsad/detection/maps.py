@@ -1,13 +1,14 @@
 """Anomaly maps and image scores from tile scores and per-pixel maps (docs/method.md §7).
 
-Two maps per image, both at the working size:
+Two maps per image, both at the working shape:
 * the *tile map*: every tile's detector score, standardised by the fit tiles' scores, blended over the
-  tiles that cover each pixel. The image score is its maximum (`aggregation: max`) or the mean of its top
-  `top_k` share of pixels, so the image decision rests on the detector alone.
+  tiles that cover each pixel (`blend`: Hann-weighted by default, so that an anomalous tile gives the same
+  map maximum wherever it sits; see `Tiling.blend`). The image score is its maximum (`aggregation: max`) or
+  the mean of its top `top_k` share of pixels, so the image decision rests on the detector alone.
 * the *anomaly map* shown and scored per pixel, by `combination`:
   - `tile`: the tile map;
   - `tile+pixel` (the default where the scorer has maps): the tile map plus the scorer's per-pixel map,
-    blended the same way, smoothed with a Gaussian of σ = tile / 8 px and standardised by the calibration
+    blended with Hann weights, smoothed with a Gaussian of σ = tile / 8 px and standardised by the calibration
     images' pixel values: the tile says how unusual the region is, the pixel map says where inside it;
   - `pixel`: the scorer's per-pixel map alone (what detectors without calibration, e.g. from
     `zsad evaluate`, can show).
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from zsad.errors import ConfigError
-from zsad.scoring.tiles import Tiling
+from zsad.scoring.tiles import BLENDS, Tiling
 
 COMBINATIONS = ("tile", "tile+pixel", "pixel")
 AGGREGATIONS = ("max", "top_k")
@@ -34,13 +35,16 @@ class MapSettings:
 
     combination: str = "tile+pixel"
     aggregation: str = "max"
+    blend: str = "hann"  # how tile scores are blended into the tile map (tiles.BLENDS; "mean" is the old, position-biased blend)
     top_k: float = 0.1  # share of the working-size pixels averaged by `top_k` (10%: more than one tile of a 4×4 grid)
     tile_mean: float = 0.0  # standardisation of tile scores (the fit tiles' mean and standard deviation)
     tile_std: float = 1.0
     pixel_mean: float = 0.0  # standardisation of per-pixel maps (the calibration images' pixels)
     pixel_std: float = 1.0
     pixel_sigma: float = 0.0  # Gaussian smoothing of the blended per-pixel map, in working-size pixels (tile / 8 when fitted)
-    threshold: Optional[float] = None  # anomaly-map threshold: the (1 − α) quantile of the calibration images' map values
+    # anomaly-map threshold: the k-th largest of the calibration images' map maxima, k = ⌊α(n_cal + 1)⌋, so a normal image
+    # shows any outline with probability at most α (as an image is flagged); None without calibration, +inf when k = 0
+    threshold: Optional[float] = None
     vmin: Optional[float] = None  # colour scale of overlays, fixed before the first image is scored
     vmax: Optional[float] = None
 
@@ -49,6 +53,8 @@ class MapSettings:
             raise ConfigError(f"map combination '{self.combination}' is not one of {', '.join(COMBINATIONS)}.")
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"image-score aggregation '{self.aggregation}' is not one of {', '.join(AGGREGATIONS)}.")
+        if self.blend not in BLENDS:
+            raise ConfigError(f"tile blend '{self.blend}' is not one of {', '.join(BLENDS)}.")
         if not 0 < float(self.top_k) <= 1:
             raise ConfigError(f"top_k is a share of the pixels in (0, 1]; got {self.top_k}.")
 
@@ -57,9 +63,9 @@ class MapSettings:
 
 
 def tile_map(tiling: Tiling, tile_scores: torch.Tensor, settings: MapSettings) -> torch.Tensor:
-    """Standardised tile scores [B, T] blended into maps [B, W, W] (float64)."""
+    """Standardised tile scores [B, T] blended into maps [B, H, W] (float64)."""
     z = (tile_scores.to(torch.float64) - settings.tile_mean) / settings.tile_std
-    return tiling.blend(z)
+    return tiling.blend(z, settings.blend)
 
 
 def anomaly_map(tile_maps: torch.Tensor, pixel_maps: Optional[torch.Tensor], settings: MapSettings) -> torch.Tensor:
@@ -72,11 +78,13 @@ def anomaly_map(tile_maps: torch.Tensor, pixel_maps: Optional[torch.Tensor], set
 
 
 def pixel_map(tiling: Tiling, pixel_maps: Optional[torch.Tensor], settings: MapSettings) -> Optional[torch.Tensor]:
-    """Per-tile pixel maps [B, T, s, s] blended into [B, W, W] and smoothed (not yet standardised): single-pixel
-    errors are noise at the scale of a defect, as PatchCore's and anomalib's smoothed maps assume."""
+    """Per-tile pixel maps [B, T, s, s] blended into [B, H, W] and smoothed (not yet standardised): single-pixel
+    errors are noise at the scale of a defect, as PatchCore's and anomalib's smoothed maps assume. Every covering
+    tile estimates the same pixel's error, so they are averaged (Hann-weighted: a tile's border sees the least
+    context), never maximised."""
     if pixel_maps is None:
         return None
-    blended = tiling.blend(pixel_maps.to(torch.float64))
+    blended = tiling.blend(pixel_maps.to(torch.float64), "mean" if settings.blend == "mean" else "hann")
     if settings.pixel_sigma <= 0:
         return blended
     from scipy.ndimage import gaussian_filter
@@ -93,15 +101,26 @@ def image_scores(tiles: torch.Tensor, settings: MapSettings) -> np.ndarray:
     return flat.topk(k, dim=1).values.mean(dim=1).numpy()
 
 
-def colour_scale(values: np.ndarray, threshold: float) -> tuple[float, float]:
-    """(vmin, vmax) of overlays from calibration map values: from their median (a typical normal pixel) to as far
-    above the threshold as the threshold is above the median, so the threshold sits in the middle of the bar."""
-    median = float(np.median(values))
-    span = max(threshold - median, 1e-12)
-    return median, threshold + span
+def map_threshold(calibration_maxima: np.ndarray, alpha: float) -> float:
+    """The outline threshold: the k-th largest calibration map maximum, k = ⌊α(n_cal + 1)⌋ (+inf when k = 0). A new
+    normal image exchangeable with the calibration images has its map maximum above it, so shows any outline, with
+    probability at most α: the image-level guarantee applied to the map's maximum."""
+    from zsad.detection.conformal import threshold
+
+    return threshold(calibration_maxima, alpha)
+
+
+def colour_scale(typical: float, threshold: float, top: float) -> tuple[float, float]:
+    """(vmin, vmax) of overlays: from a typical normal pixel (the median of the calibration maps' medians) to as far
+    above the threshold as the threshold is above it, so the threshold sits in the middle of the bar. Without a finite
+    threshold (too few calibration images for α) the bar ends at the largest calibration value `top`."""
+    if not np.isfinite(threshold):
+        return typical, max(top, typical + 1e-12)
+    span = max(threshold - typical, 1e-12)
+    return typical, threshold + span
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """One map [W, W] bilinearly resized to (height, width) of the input image."""
+    """One map [H, W] bilinearly resized to (height, width) of the input image."""
     out = torch.nn.functional.interpolate(maps[None, None].to(torch.float32), size=size, mode="bilinear", align_corners=False)
     return out[0, 0].numpy()

@@ -6,13 +6,16 @@ behind `zsad fit` and `zsad score` (docs/method.md §7).
     res = AnomalyDetector.load("det/").score("to_check/")   # res.scores, res.p_values, res.is_anomaly, res.maps, res.files
 
 A detector folder holds the fitted density model (`detector.json/.npz`), the feature recipe (`recipe.json`),
-the calibration scores (`calibration.npz`), the threshold and map settings (`settings.json`) and a card
-(`card.md`). A prefix written by `zsad evaluate` loads too: it has no calibration, so no p-values.
+the calibration scores and the quantiles of the calibration maps (`calibration.npz`), the threshold and map
+settings (`settings.json`) and a card (`card.md`). A prefix written by `zsad evaluate` loads too: it has no
+calibration, so no p-values. Folders of an older format are refused with a message to refit.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +29,8 @@ from zsad.data.base import ImageDataset
 from zsad.data.transforms import build_transform
 from zsad.detection import conformal
 from zsad.detection.inputs import Images, as_images
-from zsad.detection.maps import MapSettings, anomaly_map, colour_scale, image_scores, pixel_map, tile_map, upsample
+from zsad.detection.maps import MapSettings, anomaly_map, colour_scale, image_scores, map_threshold, pixel_map, tile_map, upsample
+from zsad.detection.sizing import choose_working_shape, image_sizes
 from zsad.detection.split import split_normal
 from zsad.diffusion.backbone import Backbone
 from zsad.diffusion.loading import load_backbone
@@ -40,8 +44,14 @@ from zsad.scoring.tiles import TiledScorer, Tiling
 from zsad.utils.console import say, warn
 from zsad.utils.progress import progress_bar
 
-FOLDER_FORMAT = 1
-DEFAULT_WORKING_SIZE = 256
+# 2: Hann-blended tile maps, the outline threshold from per-image map maxima, the working shape with the images'
+# aspect ratio, the bit-depth rule in the recipe. Format 1 folders are refused: their scores and thresholds differ.
+FOLDER_FORMAT = 2
+# The version of the preprocessing code (resize to the working shape, bit-depth rule, alpha background), recorded in
+# every recipe and compared with the live value when a detector is loaded.
+PREPROCESSING_VERSION = 2
+MAP_QUANTILES = 20_001  # quantiles of the calibration maps kept in calibration.npz: the bin edges of streamed pixel metrics
+MAP_SAMPLE_PER_IMAGE = 4096  # calibration map values sampled per image (evenly spaced) for those quantiles
 # Model selection for a user's normal images: few components (tens to thousands of feature rows), chosen by
 # 5-fold cross-validated log-likelihood on at most 10,000 rows, then refitted on all of them.
 FIT_DETECTOR = {"mode": "grid", "grid_components": [1, 2, 4, 8], "grid_covariances": ["full", "diag"], "cv_folds": 5, "grid_max_samples": 10_000}
@@ -55,7 +65,7 @@ class DetectorFolderError(ZsadError, ValueError):
 @dataclass
 class ImageScore:
     """One scored image: its name, score, p-value and decision, the worst tile's features and the anomaly map
-    at the working size (None when maps were not asked for)."""
+    at the working shape (None when maps were not asked for)."""
 
     name: str
     score: float
@@ -64,7 +74,7 @@ class ImageScore:
     worst_tile: int
     features: np.ndarray
     map: Optional[np.ndarray] = None
-    parts: Optional[tuple] = None  # (tile map, blended raw per-pixel map or None) at the working size, when asked
+    parts: Optional[tuple] = None  # (raw tile scores [T], per-tile pixel maps [T, s, s] or None), when asked
 
 
 @dataclass
@@ -90,13 +100,12 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def make_tiling(image_size: int, working_size: Optional[int], tile_stride: Optional[int]) -> Tiling:
-    """Tiles at the backbone's resolution over images resized to `working_size` (default 256), every
-    `tile_stride` pixels (default half a tile); one tile when the working size is the backbone's."""
-    working = int(working_size or DEFAULT_WORKING_SIZE)
-    if working == image_size:
+def make_tiling(image_size: int, shape: tuple[int, int], tile_stride: Optional[int]) -> Tiling:
+    """Tiles at the backbone's resolution over the working shape (height, width), every `tile_stride` pixels
+    (default half a tile); one tile when the working shape is the backbone's."""
+    if tuple(shape) == (image_size, image_size):
         return Tiling.whole(image_size)
-    return Tiling(working, image_size, int(tile_stride or max(1, image_size // 2)))
+    return Tiling(int(shape[0]), int(shape[1]), image_size, int(tile_stride or max(1, image_size // 2)))
 
 
 class AnomalyDetector:
@@ -110,6 +119,8 @@ class AnomalyDetector:
         self.info = dict(info or {})
         self.precision = precision
         self.tiled = TiledScorer(inner=scorer, tiling=tiling, seed=recipe.seed)
+        self.map_quantiles: Optional[np.ndarray] = None  # quantiles of the calibration maps' values (bin edges of pixel metrics)
+        self.calibration_map_maxima: Optional[np.ndarray] = None  # set by calibration; not saved
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -117,52 +128,59 @@ class AnomalyDetector:
             false_alarm_rate: float = 0.05, shots: Optional[int] = None, working_size: Optional[int] = None, tile_stride: Optional[int] = None,
             device: str = "auto", cache_dir: Optional[str | Path] = "outputs/feature_cache", batch_size: int = 16, network_batch: Optional[int] = None,
             seed: int = 0, map_combination: Optional[str] = None, aggregation: str = "max", top_k: float = 0.1, tile_position: bool = False,
-            precision: str = "32-true", skip_corrupt: bool = False, require_rate: bool = True) -> "AnomalyDetector":
+            precision: str = "32-true", skip_corrupt: bool = False, require_rate: bool = True, blend: str = "hann") -> "AnomalyDetector":
         """Fit on normal images (a folder, paths, PIL images, arrays or a tensor): split by hashed name into a
         fit part and a calibration part, fit the detector on the fit part's tile features, calibrate on the rest."""
         t0 = time.time()
         alpha = conformal.check_rate(false_alarm_rate)
         images = as_images(normal)
+        skipped: list[str] = []
+        if skip_corrupt:  # before the split, so that the calibration part keeps the size the rate needs
+            images, skipped = _readable_only(images)
         dev = resolve_device(device)
         bb = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, device=dev)
-        tiling = make_tiling(bb.image_size, working_size, tile_stride)
+        shape = choose_working_shape(image_sizes(images), bb.image_size, working_size)
+        tiling = make_tiling(bb.image_size, (shape.height, shape.width), tile_stride)
         split = split_normal(images.names, alpha, shots, tiling.count, require_rate=require_rate)
         # CPU calls of 64 tiles: small networks are bound by per-call overhead at the scorers' CPU default of 8
         network_batch = network_batch or (64 if dev.type == "cpu" else None)
         options = {**(scorer_options or {}), **({"network_batch": int(network_batch)} if network_batch else {})}
         inner = build_scorer(scorer, **options)
-        preprocessing = {"image_size": tiling.working_size, "center_crop": None, "tiles": tiling.to_dict()}
+        preprocessing = {"image_size": [tiling.height, tiling.width], "center_crop": None, "tiles": tiling.to_dict(), "version": PREPROCESSING_VERSION}
         configure_precision(False)
         recipe = recipe_for(inner, bb, preprocessing, seed, dev, precision)
         combination = map_combination or ("tile+pixel" if inner.map_meaning else "tile")
-        maps = MapSettings(combination=combination, aggregation=aggregation, top_k=top_k, pixel_sigma=tiling.tile / 8 if tiling.count > 1 else 0.0)
+        maps = MapSettings(combination=combination, aggregation=aggregation, top_k=top_k, blend=blend,
+                           pixel_sigma=tiling.tile / 8 if tiling.count > 1 else 0.0)
         det = cls(bb, inner, tiling, None, recipe, maps,
                   false_alarm_rate=alpha, tile_position=tile_position, precision=precision)
+        say(f"[fit] working shape {tiling.height}×{tiling.width} px: {shape.reason}")
+        for note in shape.notes + ([f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}"] if skipped else []):
+            say(f"[fit] note: {note}")
         say(f"[fit] {len(images)} normal images: {len(split.fit)} to fit, {len(split.calibration)} to calibrate (α = {alpha:g}); "
-            f"{tiling.count} tile(s) of {tiling.tile} px per image at {tiling.working_size} px, "
-            f"{det.network_evaluations_per_image():,} network evaluations per image")
-        fit_rows = det._fit_features(images.subset(split.fit), cache_dir, batch_size, skip_corrupt)
+            f"{tiling.count} tile(s) of {tiling.tile} px per image, {det.network_evaluations_per_image():,} network evaluations per image")
+        fit_rows = det._fit_features(images.subset(split.fit), cache_dir, batch_size)
         det._fit_density(fit_rows)
-        det._calibrate(images.subset(split.calibration), batch_size, skip_corrupt)
+        det._calibrate(images.subset(split.calibration), batch_size)
         det.info = {"n_normal": len(images), "n_fit": len(split.fit), "n_calibration": len(split.calibration), "shots": shots,
                     "source": str(images.root or images.label), "fit_seconds": round(time.time() - t0, 1),
                     "backbone": bb.source or bb.path, "scorer": inner.name, "rate_holds": split.rate_holds,
+                    "working_shape_reason": shape.reason, "notes": shape.notes, "skipped": skipped,
                     "fit_names": [images.names[i] for i in split.fit], "calibration_names": [images.names[i] for i in split.calibration]}
         return det
 
     def network_evaluations_per_image(self) -> int:
         return self.tiled.network_evaluations_per_image(self.backbone.num_timesteps)
 
-    def _dataset(self, images: Images, split: str, skip_corrupt: bool) -> ImageDataset:
+    def _dataset(self, images: Images, split: str, skip_corrupt: bool = False) -> ImageDataset:
         prep = self.recipe.preprocessing
-        return ImageDataset(images.label, split, images.source, build_transform(int(prep["image_size"]), prep.get("center_crop")),
+        size = prep["image_size"]
+        return ImageDataset(images.label, split, images.source, build_transform(size if isinstance(size, int) else tuple(size), prep.get("center_crop")),
                             {**prep, "options": {}}, skip_corrupt=skip_corrupt)
 
-    def _fit_features(self, images: Images, cache_dir: Optional[str | Path], batch_size: int, skip_corrupt: bool) -> np.ndarray:
+    def _fit_features(self, images: Images, cache_dir: Optional[str | Path], batch_size: int) -> np.ndarray:
         """Tile feature rows [N·T, D] of the fit part, through the feature cache (as `zsad evaluate`)."""
-        import tempfile
-
-        dataset = self._dataset(images, "fit", skip_corrupt)
+        dataset = self._dataset(images, "fit")
         accelerator = "gpu" if self.backbone.alphas_cumprod.device.type == "cuda" else "cpu"
         trainer_kwargs = dict(accelerator=accelerator, devices=1, precision=self.precision, enable_progress_bar=False, enable_model_summary=False)
         with tempfile.TemporaryDirectory() as tmp:
@@ -183,28 +201,46 @@ class AnomalyDetector:
         fit_scores = self.detector.score(rows)
         self.maps.tile_mean, self.maps.tile_std = float(fit_scores.mean()), float(max(fit_scores.std(), 1e-12))
 
-    def _calibrate(self, images: Images, batch_size: int, skip_corrupt: bool) -> None:
-        """Calibration scores, the score threshold, the map threshold and the overlays' colour scale."""
-        tiles, pixels, scores = [], [], []
+    def _calibrate(self, images: Images, batch_size: int) -> None:
+        """Calibration scores, the outline threshold, the overlays' colour scale and the quantiles of the calibration
+        maps, in memory bounded by the number of images (not their pixels): the per-pixel maps wait in a file on disk
+        until their moments, which standardise them, are known."""
+        n, (H, W) = len(images), self.tiling.shape
+        scores, tile_scores = [], []
         moments = np.zeros(3)  # count, sum, sum of squares of the per-pixel map values (float64)
-        for batch in self._stream(self._dataset(images, "calibration", skip_corrupt), batch_size, "[calibrate]"):
-            tmap = tile_map(self.tiling, batch.tile_scores, self.maps)
-            tiles.append(tmap.to(torch.float32))
-            scores.append(image_scores(tmap, self.maps))
-            pm = pixel_map(self.tiling, batch.pixel_maps, self.maps)
-            if pm is not None:
-                moments += [pm.numel(), float(pm.sum()), float((pm * pm).sum())]
-                pixels.append(pm.to(torch.float32))
-        if moments[0]:
-            mean = moments[1] / moments[0]
-            self.maps.pixel_mean, self.maps.pixel_std = float(mean), float(max(np.sqrt(max(moments[2] / moments[0] - mean**2, 0)), 1e-12))
-        self.calibration = np.concatenate(scores)
-        # The anomaly maps of the calibration images, standardised by the moments just measured.
-        tile_maps = torch.cat(tiles).to(torch.float64)
-        blended = torch.cat(pixels).to(torch.float64) if pixels else None
-        values = anomaly_map(tile_maps, blended, self.maps).numpy().ravel()
-        self.maps.threshold = float(np.quantile(values, 1 - self.false_alarm_rate))
-        self.maps.vmin, self.maps.vmax = colour_scale(values, self.maps.threshold)
+        with tempfile.TemporaryDirectory(prefix="zsad-calibration-") as tmp:
+            pixels = None
+            for batch in self._stream(self._dataset(images, "calibration"), batch_size, "[calibrate]"):
+                scores.append(image_scores(tile_map(self.tiling, batch.tile_scores, self.maps), self.maps))
+                tile_scores.append(batch.tile_scores)
+                pm = pixel_map(self.tiling, batch.pixel_maps, self.maps)
+                if pm is not None:
+                    if pixels is None:
+                        pixels = np.lib.format.open_memmap(Path(tmp) / "pixel_maps.npy", mode="w+", dtype=np.float64, shape=(n, H, W))
+                    pixels[batch.positions[0] : batch.positions[-1] + 1] = pm.numpy()
+                    moments += [pm.numel(), float(pm.sum()), float((pm * pm).sum())]
+            if moments[0]:
+                mean = moments[1] / moments[0]
+                self.maps.pixel_mean, self.maps.pixel_std = float(mean), float(max(np.sqrt(max(moments[2] / moments[0] - mean**2, 0)), 1e-12))
+            self.calibration = np.concatenate(scores)
+            maxima, medians, sample = self._calibration_map_statistics(torch.cat(tile_scores), pixels, batch_size)
+        self.maps.threshold = map_threshold(maxima, self.false_alarm_rate)
+        self.maps.vmin, self.maps.vmax = colour_scale(float(np.median(medians)), self.maps.threshold, float(maxima.max()))
+        self.map_quantiles = np.quantile(sample, np.linspace(0, 1, MAP_QUANTILES))
+        self.calibration_map_maxima = maxima
+
+    def _calibration_map_statistics(self, tile_scores: torch.Tensor, pixels: Optional[np.ndarray], batch_size: int) -> tuple:
+        """Per calibration image: the anomaly map's maximum and median, and an evenly spaced sample of its values."""
+        maxima, medians, sample = [], [], []
+        for start in range(0, tile_scores.shape[0], batch_size):
+            stop = min(start + batch_size, tile_scores.shape[0])
+            tmap = tile_map(self.tiling, tile_scores[start:stop], self.maps)
+            amap = anomaly_map(tmap, None if pixels is None else torch.from_numpy(np.array(pixels[start:stop])), self.maps).flatten(1).numpy()
+            maxima.append(amap.max(axis=1))
+            medians.append(np.median(amap, axis=1))
+            picks = np.unique(np.linspace(0, amap.shape[1] - 1, min(MAP_SAMPLE_PER_IMAGE, amap.shape[1])).round().astype(np.int64))
+            sample.append(amap[:, picks].ravel())
+        return np.concatenate(maxima), np.concatenate(medians), np.concatenate(sample)
 
     # ------------------------------------------------------------------ scoring
     @dataclass
@@ -230,33 +266,48 @@ class AnomalyDetector:
                 position += B
                 bar.update(B)
 
+    def decision_rate(self, false_alarm_rate: Optional[float] = None) -> Optional[float]:
+        """The α decisions are made at: `false_alarm_rate` or the fitted one; None without calibration. A rate this
+        calibration set cannot reach (k = ⌊α(n_cal + 1)⌋ = 0: nothing could ever be flagged) is an error."""
+        if self.calibration is None:
+            return None
+        alpha = conformal.check_rate(false_alarm_rate) if false_alarm_rate is not None else float(self.false_alarm_rate)
+        n_cal = len(self.calibration)
+        if conformal.flag_rank(alpha, n_cal) == 0:
+            smallest = math.ceil(1e4 / (n_cal + 1)) / 1e4
+            raise ConfigError(f"A false-alarm rate of {alpha:g} needs at least {conformal.min_calibration(alpha)} calibration images (⌈1/α⌉ − 1); this "
+                              f"detector has {n_cal}, so it could never flag an image. Use --false-alarm-rate {smallest:g} or more "
+                              f"(1/(n_cal + 1)), or refit with more normal images (zsad fit).")
+        return alpha
+
     def iter_scores(self, images: Any, false_alarm_rate: Optional[float] = None, batch_size: int = 16, with_maps: bool = True,
-                    skip_corrupt: bool = False, keep_parts: bool = False) -> Iterator[ImageScore]:
+                    skip_corrupt: bool = False, keep_parts: bool = False, decide: bool = True) -> Iterator[ImageScore]:
         """Score images one batch at a time (memory stays flat with the number of images), in input order.
-        `keep_parts` also returns each image's tile map and blended per-pixel map (for ablations of how they combine)."""
+        `keep_parts` also returns each image's raw tile scores and per-tile pixel maps (for ablations of how they
+        blend and combine). `decide=False` gives scores and p-values without decisions (no rate is checked)."""
         images = as_images(images)
-        alpha = conformal.check_rate(false_alarm_rate) if false_alarm_rate is not None else self.false_alarm_rate
+        alpha = self.decision_rate(false_alarm_rate) if decide else None
         dataset = self._dataset(images, "score", skip_corrupt)
         for batch in self._stream(dataset, batch_size, f"[score] {images.label}"):
             tmap = tile_map(self.tiling, batch.tile_scores, self.maps)
             scores = image_scores(tmap, self.maps)
-            pixels = pixel_map(self.tiling, batch.pixel_maps, self.maps)
+            pixels = pixel_map(self.tiling, batch.pixel_maps, self.maps) if with_maps else None
             amap = anomaly_map(tmap, pixels, self.maps) if with_maps else None
             p = conformal.p_values(self.calibration, scores) if self.calibration is not None else None
-            flags = conformal.is_anomaly(self.calibration, scores, alpha) if self.calibration is not None else None
+            flags = conformal.is_anomaly(self.calibration, scores, alpha) if alpha is not None else None
             worst = batch.tile_scores.argmax(dim=1)
             for j, pos in enumerate(batch.positions):
                 index = dataset.indices[pos]
+                parts = (batch.tile_scores[j].numpy(), None if batch.pixel_maps is None else batch.pixel_maps[j].numpy()) if keep_parts else None
                 yield ImageScore(images.names[index], float(scores[j]), None if p is None else float(p[j]), None if flags is None else bool(flags[j]),
-                                 int(worst[j]), batch.features[j, worst[j]].numpy(), None if amap is None else amap[j].numpy(),
-                                 (tmap[j].numpy(), None if pixels is None else pixels[j].numpy()) if keep_parts else None)
+                                 int(worst[j]), batch.features[j, worst[j]].numpy(), None if amap is None else amap[j].numpy(), parts)
 
     def score(self, images: Any, false_alarm_rate: Optional[float] = None, batch_size: int = 16, with_maps: bool = True,
               skip_corrupt: bool = False) -> ScoreResult:
         """Scores, p-values, decisions and maps (at each input's resolution) of every image, in memory."""
         images = as_images(images)
+        alpha = self.decision_rate(false_alarm_rate)
         results = list(self.iter_scores(images, false_alarm_rate, batch_size, with_maps, skip_corrupt))
-        alpha = false_alarm_rate if false_alarm_rate is not None else self.false_alarm_rate
         by_name = {n: i for i, n in enumerate(images.names)}
         maps = [upsample(torch.from_numpy(r.map), _size(images, by_name[r.name])) for r in results] if with_maps else []
         has_p = self.calibration is not None
@@ -286,7 +337,8 @@ class AnomalyDetector:
         folder.mkdir(parents=True, exist_ok=True)
         self.detector.save(folder / "detector")
         self.recipe.write(folder / "recipe.json")
-        np.savez(folder / "calibration.npz", scores=self.calibration)
+        np.savez(folder / "calibration.npz", scores=self.calibration,
+                 **({} if self.map_quantiles is None else {"map_quantiles": self.map_quantiles}))
         settings = {"format": FOLDER_FORMAT, "false_alarm_rate": self.false_alarm_rate, "threshold": self.threshold, "tiling": self.tiling.to_dict(),
                     "tile_position": self.tile_position, "maps": self.maps.to_dict(), "precision": self.precision, "info": self.info,
                     "network_evaluations_per_image": self.network_evaluations_per_image()}
@@ -305,6 +357,12 @@ class AnomalyDetector:
             return _load_prefix(cls, path, device, backbone)
         raise DetectorFolderError(f"No detector at {path}: pass a folder written by `zsad fit` or a prefix written by `zsad evaluate` "
                                   "(…/detectors/<scorer>/<id>).")
+
+
+def _readable_only(images: Images) -> tuple[Images, list[str]]:
+    """The images that decode, and a description of each that does not."""
+    probe = ImageDataset(images.label, "probe", images.source, lambda img: img, {}, skip_corrupt=True)
+    return (images if not probe.skipped else images.subset(probe.indices)), probe.skipped
 
 
 def _size(images: Images, index: int) -> tuple[int, int]:
@@ -335,8 +393,12 @@ def _backbone_for(recipe: FeatureRecipe, device: str, override: Optional[str]) -
     return bb, dev
 
 
-def _check(recipe: FeatureRecipe, scorer: Scorer, bb: Backbone, dev: torch.device) -> None:
-    current = recipe_for(scorer, bb, recipe.preprocessing, recipe.seed, dev, recipe.precision, recipe.tf32, recipe.fast_path, recipe.compile)
+def _check(recipe: FeatureRecipe, scorer: Scorer, bb: Backbone, dev: torch.device, folder: bool = True) -> None:
+    """Compare the recorded recipe with what today's code records: the weights, the scorer's version and, for detector
+    folders, the live preprocessing version. The runtime fields (precision, TF32, fast path, compile) are the recorded
+    ones, which loading applies, so they agree by construction."""
+    live = {**recipe.preprocessing, "version": PREPROCESSING_VERSION} if folder else recipe.preprocessing
+    current = recipe_for(scorer, bb, live, recipe.seed, dev, recipe.precision, recipe.tf32, recipe.fast_path, recipe.compile)
     for message in recipe.check(current, "Pass the backbone the detector was fitted with (--backbone / backbone.path=), or refit the detector with this zsad."):
         warn(message)
 
@@ -349,21 +411,34 @@ def _scorer_of(recipe: FeatureRecipe) -> Scorer:
 def _load_folder(cls, folder: Path, device: str, backbone: Optional[str]) -> AnomalyDetector:
     settings = _read_json(folder / "settings.json")
     if settings.get("format") != FOLDER_FORMAT:
-        raise DetectorFolderError(f"{folder / 'settings.json'} is not a zsad detector folder of format {FOLDER_FORMAT}. Fit it again with `zsad fit`.")
+        found = settings.get("format")
+        raise DetectorFolderError(f"{folder} is a detector folder of format {found}; this zsad reads format {FOLDER_FORMAT} (its tile maps, outline "
+                                  "threshold and preprocessing changed, so the old scores and thresholds no longer apply). Fit it again with `zsad fit`."
+                                  if isinstance(found, int) else f"{folder / 'settings.json'} is not a zsad detector folder. Fit it again with `zsad fit`.")
     recipe = FeatureRecipe.read(folder / "recipe.json")
     scorer = _scorer_of(recipe)
     try:
         detector = load_detector(folder / "detector")
         with np.load(folder / "calibration.npz", allow_pickle=False) as data:
             calibration = data["scores"]
+            quantiles = data["map_quantiles"] if "map_quantiles" in data else None
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
         raise DetectorFolderError(f"{folder}: the detector or calibration file is damaged or missing ({type(err).__name__}: {err}). "
                                   "Fit the detector again with `zsad fit`.") from None
+    tiling = Tiling.from_dict(settings["tiling"])
+    if _normal_json(tiling.to_dict()) != _normal_json(recipe.preprocessing.get("tiles")):
+        raise DetectorFolderError(f"{folder}: settings.json's tiling {tiling.to_dict()} differs from the recipe's {recipe.preprocessing.get('tiles')}: "
+                                  "the folder was edited or mixed from two fits. Fit it again with `zsad fit`.")
     bb, dev = _backbone_for(recipe, device, backbone)
     _check(recipe, scorer, bb, dev)
-    tiling = Tiling(**settings["tiling"])
-    return cls(bb, scorer, tiling, detector, recipe, MapSettings(**settings["maps"]), calibration, float(settings["false_alarm_rate"]),
-               bool(settings.get("tile_position")), settings.get("info"), settings.get("precision", "32-true"))
+    det = cls(bb, scorer, tiling, detector, recipe, MapSettings(**settings["maps"]), calibration, float(settings["false_alarm_rate"]),
+              bool(settings.get("tile_position")), settings.get("info"), settings.get("precision", "32-true"))
+    det.map_quantiles = quantiles
+    return det
+
+
+def _normal_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
 def _load_prefix(cls, prefix: Path, device: str, backbone: Optional[str]) -> AnomalyDetector:
@@ -380,7 +455,8 @@ def _load_prefix(cls, prefix: Path, device: str, backbone: Optional[str]) -> Ano
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
         raise DetectorFolderError(f"{prefix}: the detector files are damaged ({type(err).__name__}: {err}). Refit it with `zsad evaluate`.") from None
     bb, dev = _backbone_for(recipe, device, backbone)
-    _check(recipe, scorer, bb, dev)
-    tiling = Tiling.whole(int(recipe.preprocessing["image_size"]))
+    _check(recipe, scorer, bb, dev, folder=False)
+    size = recipe.preprocessing["image_size"]
+    tiling = Tiling.whole(int(size if isinstance(size, int) else size[0]))
     maps = MapSettings(combination="pixel" if scorer.map_meaning else "tile")
     return cls(bb, scorer, tiling, detector, replace(recipe), maps, None, None, False, {"source": str(prefix)}, recipe.precision)

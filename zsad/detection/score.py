@@ -57,11 +57,15 @@ class ScoreSummary:
     contact_sheet: Optional[Path] = None
     seconds: float = 0.0
     no_p_value_reason: Optional[str] = None
+    n_calibration: Optional[int] = None
 
     def lines(self) -> list[str]:
         out = ["── summary " + "─" * 60, f"scored:    {self.n} images in {self.seconds:.1f} s → {self.csv}"]
         if self.flagged is not None:
             out.append(f"flagged:   {self.flagged} of {self.n} at a false-alarm rate of {self.false_alarm_rate:g} (p-value ≤ α)")
+            smallest = 1 / (self.n_calibration + 1)
+            out.append(f"p-values:  multiples of 1/(n_cal + 1) with {self.n_calibration} calibration images; p = {smallest:.3g} (the smallest) only says "
+                       "the score is above every calibration score: rank such images by anomaly_score")
         else:
             out.append(f"flagged:   – ({self.no_p_value_reason})")
         out.append("most anomalous:")
@@ -87,7 +91,8 @@ def score_folder(images_dir: str, detector: str, out: Optional[str] = None, fals
                            "this detector has no calibration scores (a `zsad evaluate` prefix): fit one with `zsad fit` for p-values")
     if det.calibration is None:
         log(f"[score] {summary.no_p_value_reason}; p_value and is_anomaly are left empty")
-    alpha = false_alarm_rate if false_alarm_rate is not None else det.false_alarm_rate
+    alpha = det.decision_rate(false_alarm_rate)  # a rate the calibration set cannot reach is refused before anything is written
+    summary.n_calibration = None if det.calibration is None else len(det.calibration)
     style = _style(det)
     sheet = ContactSheet() if heatmaps else None
     best: list = []
@@ -98,7 +103,7 @@ def score_folder(images_dir: str, detector: str, out: Optional[str] = None, fals
         writer = csv.writer(handle)
         writer.writerow(["file", "anomaly_score", "p_value", "is_anomaly", *(["worst_tile"] if tiled else []), *det.scorer.feature_names])
         by_name = {n: i for i, n in enumerate(images.names)}
-        for r in det.iter_scores(images, alpha if det.calibration is not None else None, batch_size, with_maps=heatmaps, skip_corrupt=skip_corrupt):
+        for r in det.iter_scores(images, alpha, batch_size, with_maps=heatmaps, skip_corrupt=skip_corrupt):
             writer.writerow([r.name, repr(r.score), "" if r.p_value is None else repr(r.p_value), "" if r.is_anomaly is None else str(r.is_anomaly).lower(),
                              *([r.worst_tile] if tiled else []), *map(repr, map(float, r.features))])
             summary.n += 1

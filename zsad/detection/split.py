@@ -2,8 +2,13 @@
 
 The images are ordered by sha256 of their name (the path relative to the folder). The calibration part is
 the n_cal = max(⌈0.2·n⌉, ⌈1/α⌉ − 1) images with the lowest hashes; the fit part is the rest, or, with
-`shots`, the next N in hash order. Adding images to a folder therefore never moves an image from one part
-to the other unless n_cal grows, and few-shot fits keep the same calibration set and its guarantee.
+`shots`, the next N in hash order. Few-shot fits keep the same calibration set and its guarantee.
+
+What holds when a folder changes (tests/test_conformal.py checks both directions): adding m images moves
+at most m of the old calibration images to the fit part, and at most n_cal' − n_cal old fit images into
+calibration (n_cal' the new calibration size); removing m images moves at most m old fit images into
+calibration and at most n_cal − n_cal' old calibration images to the fit part. Full stability is impossible
+with n_cal fixed by n: a new image whose hash is low enough takes a calibration place from an old one.
 """
 
 from __future__ import annotations
