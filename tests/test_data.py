@@ -132,7 +132,8 @@ def test_other_datasets_resize_without_crop_and_convert_modes(tmp_path):
     gray, _ = ds[0]
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2]), "grayscale must be repeated to 3 channels"
     color, _ = ds[1]
-    expected = Image.fromarray(rgba[..., :3]).resize((8, 8), Image.BILINEAR)
+    composited = np.round(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)  # alpha over black (transforms.BACKGROUND)
+    expected = Image.fromarray(composited).resize((8, 8), Image.BILINEAR)
     assert torch.allclose(color, torch.from_numpy(np.asarray(expected, np.float32) / 127.5 - 1).permute(2, 0, 1), atol=1e-6)
     g16, _ = ds[2]
     assert g16.shape == (3, 8, 8) and float(g16.max()) > 0.0, "16-bit grayscale must be scaled, not clipped"

@@ -49,6 +49,104 @@ def files_identity(files: Sequence[Path], root: Optional[Path] = None) -> str:
     return h.hexdigest()[:32]
 
 
+_TIFF = (".tif", ".tiff")
+
+
+def pil_loses_bits(img: Image.Image) -> bool:
+    """True when PIL would decode this (lazily opened) file to 8 bits although it stores more: 16-bit RGB(A) and
+    gray+alpha PNGs (PIL keeps the high byte), TIFFs of colour samples wider than 8 bits or float."""
+    rawmodes = [t.args if isinstance(t.args, str) else (t.args[0] if t.args else "") for t in img.tile]
+    if img.format == "PNG":
+        return img.mode in ("RGB", "RGBA") and any(";16" in str(r) for r in rawmodes)
+    if img.format == "TIFF" and img.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        bits = img.tag_v2.get(258, (8,)) if hasattr(img, "tag_v2") else (8,)
+        fmt = img.tag_v2.get(339, 1) if hasattr(img, "tag_v2") else 1
+        bits, fmt = (bits if isinstance(bits, tuple) else (bits,)), (fmt if isinstance(fmt, tuple) else (fmt,))
+        return max(bits) > 8 or 3 in fmt
+    return False
+
+
+def _png_wide(path: Path, img: Image.Image) -> np.ndarray:
+    """The samples of a 16-bit RGB(A) or gray+alpha PNG, losslessly: PIL's own decoder run with other unpackers
+    of the same pixel width (the PNG filters only depend on that width): for RGB(A) once for the high and once for
+    the low bytes; gray+alpha (4 bytes a pixel) as 8-bit RGBA = (L high, L low, A high, A low)."""
+    rawmode = img.tile[0].args if isinstance(img.tile[0].args, str) else img.tile[0].args[0]
+
+    def decode(unpacker: str) -> np.ndarray:
+        with Image.open(path) as again:
+            again.tile = [t._replace(args=unpacker if isinstance(t.args, str) else (unpacker, *t.args[1:])) for t in again.tile]
+            again.load()
+            return np.asarray(again).astype(np.uint16)
+
+    if rawmode.startswith("LA;16"):
+        b = decode("RGBA")
+        return np.stack([(b[..., 0] << 8) | b[..., 1], (b[..., 2] << 8) | b[..., 3]], axis=-1)
+    base = rawmode.split(";")[0]
+    return (decode(base + ";16B") << 8) | decode(base + ";16L")
+
+
+def _tiff_samples(path: Path) -> np.ndarray:
+    """The first page of a TIFF as height × width × channels, read with tifffile (installed with scikit-image)."""
+    try:
+        import tifffile
+    except ImportError as err:  # pragma: no cover - scikit-image depends on it
+        raise CorruptImageError(f"{path} has more than 8 bits per colour sample and PIL reads only 8 of them; install tifffile to read it.") from err
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        arr, axes = page.asarray(), page.axes
+    if "S" in axes and axes.index("S") < axes.index("Y"):  # planar: channels first
+        arr = np.moveaxis(arr, axes.index("S"), -1)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def image_from_samples(samples: np.ndarray, label: str | Path = "image") -> Image.Image:
+    """A PIL image of samples (height × width × 1–4 channels): a native mode where PIL has one (8-bit, "I;16", "F"),
+    else an 8-bit preview carrying them (`zsad.data.transforms.SAMPLES`)."""
+    from zsad.data.transforms import with_samples
+    from zsad.errors import ConfigError
+
+    if samples.ndim != 3 or samples.shape[-1] not in (1, 2, 3, 4):
+        raise ConfigError(f"{label}: samples of shape {samples.shape} are not an image of 1–4 channels (gray, gray+alpha, RGB, RGBA).")
+    if samples.dtype.kind == "f":
+        samples = samples.astype(np.float32)
+        if samples.shape[-1] == 1:
+            return Image.fromarray(np.ascontiguousarray(samples[..., 0]), "F")
+        preview = np.round(np.clip(np.nan_to_num(samples), 0, 1) * 255).astype(np.uint8)
+    elif samples.dtype == np.uint8:
+        return Image.fromarray(samples[..., 0] if samples.shape[-1] == 1 else samples, {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[samples.shape[-1]])
+    elif samples.dtype.kind in "ui" and samples.dtype.itemsize <= 2:
+        samples = np.clip(samples, 0, None).astype(np.uint16)  # signed: negatives are black
+        if samples.shape[-1] == 1:
+            return Image.fromarray(np.ascontiguousarray(samples[..., 0]))  # mode "I;16"
+        preview = (samples >> 8).astype(np.uint8)
+    else:
+        raise ConfigError(f"{label}: {samples.dtype} samples are not supported. Save it with 8- or 16-bit integer or float samples.")
+    if preview.shape[-1] == 2:  # PIL's "LA" preview as RGBA would differ in shape from the samples' channels: keep LA
+        return with_samples(Image.fromarray(preview, "LA"), samples)
+    return with_samples(Image.fromarray(preview, "RGB" if preview.shape[-1] == 3 else "RGBA"), samples)
+
+
+def open_image(path: Path | str) -> Image.Image:
+    """An image file decoded without losing bits: what PIL gives, except that 16-bit colour PNGs and TIFFs of wide or
+    float colour samples (which PIL would cut to 8 bits, or not open) carry their full samples (see `to_rgb`)."""
+    path = Path(path)
+    try:
+        img = Image.open(path)
+    except Image.UnidentifiedImageError:
+        if path.suffix.lower() in _TIFF:
+            return image_from_samples(_tiff_samples(path), path)
+        raise
+    with img:
+        if pil_loses_bits(img):
+            if img.format == "PNG":
+                samples = _png_wide(path, img)
+            else:
+                samples = _tiff_samples(path)
+            return image_from_samples(samples, path)
+        img.load()
+        return img.copy() if img.mode != "P" else img.convert("RGBA")
+
+
 class FileSource(ImageSource):
     """Image files on disk."""
 
@@ -60,9 +158,7 @@ class FileSource(ImageSource):
         return len(self.files)
 
     def load(self, i: int) -> Image.Image:
-        with Image.open(self.files[i]) as img:
-            img.load()
-            return img.copy() if img.mode != "P" else img.convert("RGBA")
+        return open_image(self.files[i])
 
     def describe(self, i: int) -> str:
         return str(self.files[i])

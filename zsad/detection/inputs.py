@@ -1,8 +1,8 @@
 """What a user hands `zsad fit`, `zsad score` or the Python API, as named image sources.
 
 Accepted: a folder (searched recursively, in the folder's own sorted order), a list of image paths, PIL
-images, numpy arrays H×W×C uint8 (or N×H×W×C), and torch tensors N×C×H×W float in [0, 1] (quantised to 8 bit,
-as any image file would be). Anything else is a clear error. Every image gets a stable name: its path
+images, numpy arrays H×W×C uint8 or uint16 (or N×H×W×C), and torch tensors N×C×H×W float in [0, 1] (quantised to
+8 bit, as any image file would be). Anything else is a clear error. Every image gets a stable name: its path
 relative to the folder, or `image_00042` for in-memory images; the fit/calibration split hashes these names.
 """
 
@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from zsad.data.base import IMAGE_EXTENSIONS, FileSource, ImageSource
+from zsad.data.base import IMAGE_EXTENSIONS, FileSource, ImageSource, image_from_samples
+from zsad.data.transforms import SAMPLES
 from zsad.errors import ConfigError, DatasetNotFoundError
 
 
@@ -40,6 +41,8 @@ class PILSource(ImageSource):
         for img in self.images:
             h.update(f"{img.mode}{img.size}".encode())
             h.update(img.tobytes())
+            if SAMPLES in img.info:  # 16-bit colour: the PIL bytes are only its 8-bit preview
+                h.update(np.ascontiguousarray(img.info[SAMPLES]).tobytes())
         return "pil:" + h.hexdigest()[:32]
 
 
@@ -87,8 +90,10 @@ def _paths(paths: Sequence[str | Path]) -> Images:
 def _array_images(arr: np.ndarray) -> list[Image.Image]:
     if arr.ndim == 3:
         arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or arr.dtype != np.uint8:
-        raise ConfigError(f"numpy images must be uint8 H×W×C or N×H×W×C with C = 1, 3 or 4; got {arr.dtype} of shape {arr.shape}.")
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or arr.dtype not in (np.uint8, np.uint16):
+        raise ConfigError(f"numpy images must be uint8 or uint16 H×W×C or N×H×W×C with C = 1, 3 or 4; got {arr.dtype} of shape {arr.shape}.")
+    if arr.dtype == np.uint16:  # camera data: kept at full precision, converted by the run's bit depth
+        return [image_from_samples(np.ascontiguousarray(a), f"array image {i}") for i, a in enumerate(arr)]
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[arr.shape[-1]]
     return [Image.fromarray(a[..., 0] if mode == "L" else a, mode) for a in arr]
 
@@ -136,3 +141,46 @@ def as_images(inputs: Any) -> Images:
         raise DatasetNotFoundError("No images given. Pass a folder, image paths or images.")
     names = [f"image_{i:05d}" for i in range(len(images))]
     return Images(PILSource(images, names), names, None, "images")
+
+
+def bit_depth_of(images: Images, override: int | None = None) -> int:
+    """The run's bit depth (`zsad.data.transforms.decide_bit_depth`) from these images, typically the fit part; image
+    files whose header shows 8-bit samples are not decoded."""
+    from zsad.data.transforms import decide_bit_depth
+
+    if override is not None:
+        return decide_bit_depth([], override)
+    if isinstance(images.source, FileSource):
+        return decide_bit_depth(images.source.files)
+    return decide_bit_depth(images.source.load(i) for i in range(len(images)))
+
+
+def image_size(image: Image.Image | str | Path) -> tuple[int, int]:
+    """(height, width) of a PIL image or an image file; a file's header only, where PIL can read it."""
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    path = Path(image)
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except Image.UnidentifiedImageError:
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            raise
+    import tifffile  # float colour TIFFs, which PIL cannot open
+
+    with tifffile.TiffFile(path) as tif:
+        return int(tif.pages[0].imagelength), int(tif.pages[0].imagewidth)
+
+
+def small_image_note(names: Sequence[str], sizes: Sequence[tuple[int, int]], working_size: int | tuple[int, int], tile: int,
+                     examples: int = 3) -> str | None:
+    """A note on the images (names, (height, width) sizes) smaller than one `tile` in either side, which are upsampled
+    to the working size (an int: square; or (height, width)); None when there are none."""
+    target = (working_size, working_size) if isinstance(working_size, (int, np.integer)) else tuple(working_size)
+    tiny = [(n, s) for n, s in zip(names, sizes) if min(s) < tile]
+    if not tiny:
+        return None
+    factor = max(max(target[0] / h, target[1] / w) for _, (h, w) in tiny)
+    shown = ", ".join(f"{n} ({h}×{w})" for n, (h, w) in tiny[:examples]) + (", …" if len(tiny) > examples else "")
+    return (f"{len(tiny)} of {len(sizes)} images are smaller than one tile ({tile} px): they are upsampled to the working size "
+            f"{target[0]}×{target[1]} px (up to {factor:.1f}×), which adds no detail: {shown}.")

@@ -13,10 +13,12 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from zsad.data.transforms import BACKGROUND, to_rgb
 
 MIN_SIDE = 256
 MAX_ALPHA = 0.65
@@ -63,10 +65,12 @@ class OverlayStyle:
     meaning: str = "anomaly map"
 
 
-def overlay(image: Image.Image, amap: np.ndarray, style: OverlayStyle, truth: Optional[np.ndarray] = None) -> Image.Image:
+def overlay(image: Image.Image, amap: np.ndarray, style: OverlayStyle, truth: Optional[np.ndarray] = None, bit_depth: Optional[int] = None,
+            background: Sequence[int] = BACKGROUND) -> Image.Image:
     """`image` (at its own resolution, enlarged when small) with `amap` (same height × width) over it and a colour bar;
-    a ground-truth mask (same size), when given, is outlined in green."""
-    rgb = image.convert("RGB")
+    a ground-truth mask (same size), when given, is outlined in green. The image is converted as the network input
+    is (`to_rgb` with the run's `bit_depth` and `background`), so a 16-bit image looks as its 8-bit twin does."""
+    rgb = to_rgb(image, bit_depth, background)
     factor = max(1, int(np.ceil(MIN_SIDE / max(1, min(rgb.size)))))
     amap = np.asarray(amap, dtype=np.float64)
     if factor > 1:
