@@ -30,19 +30,19 @@ def test_demo_outputs_and_far_pairs(demo_runs):
     out, proc = demo_runs[0]
     for name in ("results.md", "results.csv", "results.json", "samples.png", "train/checkpoints/last.ckpt", "train/config.yaml"):
         assert (out / name).is_file(), name
-    assert len(list((out / "plots").glob("roc_*.png"))) == 4 * 4 and len(list((out / "plots").glob("hist_*.png"))) == 4 * 4
+    assert len(list((out / "plots").glob("roc_*.png"))) == 5 * 4 and len(list((out / "plots").glob("hist_*.png"))) == 5 * 4
     assert "| diffpath_v2 | digits | noise | far |" in proc.stdout and "demo finished in" in proc.stdout
 
     far = {tuple(p) for p in OmegaConf.load(REPO / "conf/eval/demo.yaml").far_pairs}
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert {r["scorer"] for r in rows} == {"diffpath_fused", "diffpath_v2", "diffpath_6d", "recon"} and len(rows) == 4 * 12
+    assert {r["scorer"] for r in rows} == {"diffpath_fused", "diffpath_v2", "diffpath_6d", "recon", "ufcod"} and len(rows) == 5 * 12
     v2_far = {(r["id"], r["ood"]): r["auroc"] for r in rows if r["scorer"] == "diffpath_v2" and (r["id"], r["ood"]) in far}
     assert len(v2_far) == len(far) == 6
     assert all(a >= 0.9 for a in v2_far.values()), v2_far
 
     runs = [read_offline_run(p) for p in find_offline_runs(out)]
     logged = {k: v for r in runs for row in r["history"] for k, v in row.items()}
-    assert logged["ood/results"]["nrows"] == 48
+    assert logged["ood/results"]["nrows"] == 60
     assert "train/loss" in logged
 
 
@@ -57,7 +57,7 @@ def test_demo_pictures_are_readable(demo_runs):
     out, proc = demo_runs[0]
     assert Image.open(out / "samples.png").width >= 512, "sample grids are enlarged (nearest neighbour)"
     assert sorted(p.name for p in (out / "plots").glob("auroc_*.png")) == ["auroc_diffpath_6d.png", "auroc_diffpath_fused.png",
-                                                                           "auroc_diffpath_v2.png", "auroc_recon.png"]
+                                                                           "auroc_diffpath_v2.png", "auroc_recon.png", "auroc_ufcod.png"]
     assert "── summary" in proc.stdout and "training" in proc.stdout.split("── summary")[1]
 
 

@@ -19,6 +19,7 @@ FAST = {
     "recon": {"levels": [0.2, 0.5], "steps": 3},
     "diffpath_fused": {"steps": 4},
     "msma": {"levels": 3},
+    "ufcod": {"steps": 4},
 }
 
 

@@ -1,4 +1,5 @@
-"""Detectors fitted once on ID-train features (docs/method.md §4); score = −log-likelihood (higher = anomalous).
+"""Detectors fitted once on ID-train features (docs/method.md §4); higher score = more anomalous (GMM and KDE:
+−log-likelihood; soft-min kNN: the calibrated soft-min distance to the references).
 
 Saved as plain arrays (.npz) + JSON, never pickles."""
 
@@ -18,6 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from zsad.errors import ConfigError
+from zsad.scoring.ufcod_detector import PARITY_FLOOR, SELECTIONS, knn_distances, select_references, soft_min
 
 GMM_STATE = ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_")
 
@@ -171,6 +173,114 @@ class KDEDetector:
         return cls(**meta["settings"]).fit(arrays["train"])
 
 
+CALIBRATION_EPS = 1e-8  # added to the calibration std, as UFCOD does
+SOFTMIN_MODES = ("zsad", "parity")
+
+
+@dataclass
+class SoftMinKNNDetector:
+    """UFCOD's few-shot detector (`EnergyOODDetector`, arXiv 2605.03410): `n_references` ID rows chosen by
+    `selection` (facility_location | random | stratified, seeded by `random_state`; every row when there are
+    no more), standardised on themselves; a row's score is the soft minimum at `temperature` of its
+    distances to the `k` nearest references, z-calibrated on the references' own scores when `calibrate`.
+
+    Higher = more anomalous: the negation of UFCOD's score (higher = in-distribution there).
+    mode="parity": UFCOD's soft minimum with 1e-10 inside the log (it saturates at −T·ln 1e-10 ≈ 11.5, so far
+    rows tie) and calibration statistics of the references scored against themselves (each its own nearest
+    neighbour at distance 0). mode="zsad" (default): the exact log-sum-exp soft minimum, and leave-one-out
+    calibration (each reference scored against the others, as a new ID row would be). `k` is capped by the
+    number of references (by one fewer for leave-one-out) with a warning; UFCOD raises there."""
+
+    k: int = 10
+    temperature: float = 0.5
+    n_references: int = 100
+    selection: str = "facility_location"
+    random_state: Optional[int] = 42
+    calibrate: bool = True
+    mode: str = "zsad"
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"softmin_knn: selection must be one of {', '.join(SELECTIONS)}; got '{self.selection}'. "
+                              "(UFCOD's code treats any other name as random.)")
+        if self.mode not in SOFTMIN_MODES:
+            raise ConfigError(f"softmin_knn: mode must be one of {', '.join(SOFTMIN_MODES)}; got '{self.mode}'.")
+        if int(self.k) < 1 or int(self.n_references) < 1 or not float(self.temperature) > 0:
+            raise ConfigError(f"softmin_knn: needs k >= 1, n_references >= 1 and temperature > 0; got k={self.k}, "
+                              f"n_references={self.n_references}, temperature={self.temperature}.")
+        self.scaler_: Optional[StandardScaler] = None
+        self.references_: Optional[np.ndarray] = None  # standardised reference rows [n, D]
+        self.selected_: Optional[np.ndarray] = None  # their indices in the fitted features
+        self.calibration_mean_, self.calibration_std_ = 0.0, 1.0  # of the references' soft-min distances (std + 1e-8)
+
+    @property
+    def _floor(self) -> Optional[float]:
+        return PARITY_FLOOR if self.mode == "parity" else None
+
+    def _k(self, available: int, warn: bool = False) -> int:
+        if warn and int(self.k) > available:
+            warnings.warn(f"softmin_knn: k={self.k} nearest references requested but only {available} available; using {available}.",
+                          stacklevel=3)
+        return min(int(self.k), available)
+
+    def fit(self, features) -> "SoftMinKNNDetector":
+        x = _as_2d(features)
+        least = 2 if self.mode == "zsad" else 1
+        if len(x) < least:
+            raise ConfigError(f"The soft-min kNN detector ({self.mode} mode) needs at least {least} ID-train images; got {len(x)}.")
+        self.selected_ = select_references(x, int(self.n_references), self.selection, self.random_state)
+        self.scaler_ = StandardScaler().fit(x[self.selected_])
+        self.references_ = self.scaler_.transform(x[self.selected_])
+        n = len(self.references_)
+        if self.mode == "zsad" and n < 2:
+            raise ConfigError("The soft-min kNN detector (zsad mode) needs at least 2 references for leave-one-out calibration; "
+                              "use mode=parity or more references.")
+        leave_one_out = self.mode == "zsad"
+        d = knn_distances(self.references_, self.references_, self._k(n - 1 if leave_one_out else n, warn=True),
+                         exclude_self=leave_one_out)
+        own = soft_min(d, float(self.temperature), self._floor)
+        self.calibration_mean_, self.calibration_std_ = float(np.mean(own)), float(np.std(own) + CALIBRATION_EPS)
+        return self
+
+    def soft_min_distance(self, features) -> np.ndarray:
+        """Uncalibrated score per row: the soft-min distance to the k nearest references (UFCOD's raw score, negated)."""
+        if self.references_ is None:
+            raise RuntimeError("SoftMinKNNDetector used before fit/load")
+        d = knn_distances(self.scaler_.transform(_as_2d(features)), self.references_, self._k(len(self.references_)))
+        return soft_min(d, float(self.temperature), self._floor)
+
+    def score(self, features) -> np.ndarray:
+        """Anomaly score per row (higher = more anomalous): z-calibrated soft-min distance, or the raw one without `calibrate`."""
+        s = self.soft_min_distance(features)
+        return (s - self.calibration_mean_) / self.calibration_std_ if self.calibrate else s
+
+    def predict(self, features, threshold: float = 0.0) -> np.ndarray:
+        """1 where the score exceeds `threshold` (anomalous), else 0; at 0 with `calibrate`, 1 − UFCOD's `predict`."""
+        return (self.score(features) > threshold).astype(int)
+
+    def save(self, path: str | Path) -> None:
+        """`path`.json (settings, calibration) + `path`.npz (scaler, standardised references, their indices)."""
+        if self.references_ is None:
+            raise RuntimeError("nothing to save: fit first")
+        arrays = {"scaler_mean": self.scaler_.mean_, "scaler_scale": self.scaler_.scale_, "scaler_var": self.scaler_.var_,
+                  "references": self.references_, "selected": self.selected_,
+                  "calibration": np.array([self.calibration_mean_, self.calibration_std_])}
+        meta = {"kind": "softmin_knn", "settings": asdict(self), "n_features": int(self.scaler_.n_features_in_),
+                "n_samples_seen": int(self.scaler_.n_samples_seen_), "n_references": len(self.references_)}
+        _write(Path(path), meta, arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SoftMinKNNDetector":
+        meta, arrays = _read(path, "softmin_knn")
+        det = cls(**meta["settings"])
+        scaler = StandardScaler()
+        scaler.mean_, scaler.scale_, scaler.var_ = arrays["scaler_mean"], arrays["scaler_scale"], arrays["scaler_var"]
+        scaler.n_features_in_, scaler.n_samples_seen_ = meta["n_features"], meta["n_samples_seen"]
+        det.scaler_, det.references_, det.selected_ = scaler, arrays["references"], arrays["selected"]
+        det.calibration_mean_, det.calibration_std_ = (float(v) for v in arrays["calibration"])
+        return det
+
+
 def grid_search(x: np.ndarray, make, components: list[int], covariances: list[str], folds: int, n_jobs: Optional[int]) -> tuple[dict, list[dict]]:
     """DiffPath's model selection, as GridSearchCV(cv=KFold(folds)) does it (same grid order, contiguous
     folds, mean held-out log-likelihood, first best on ties), with a progress bar over the fits."""
@@ -221,23 +331,26 @@ def _read(path: str | Path, kind: str) -> tuple[dict, dict]:
         return meta, {k: data[k] for k in data.files}
 
 
-DETECTORS = {"gmm": GMMDetector, "kde": KDEDetector}
+DETECTORS = {"gmm": GMMDetector, "kde": KDEDetector, "softmin_knn": SoftMinKNNDetector}
 
 
 def load_detector(path: str | Path):
-    """Load a saved GMMDetector or KDEDetector by the kind recorded in its JSON."""
+    """Load a saved detector (GMMDetector, KDEDetector, SoftMinKNNDetector) by the kind recorded in its JSON."""
     kind = json.loads(Path(path).with_suffix(".json").read_text()).get("kind")
     if kind not in DETECTORS:
         raise ValueError(f"{path}: unknown detector kind '{kind}'")
     return DETECTORS[kind].load(path)
 
 
-def make_detector(kind: str, detector_cfg) -> GMMDetector | KDEDetector:
-    """A detector of `kind` (a scorer's `detector`: gmm | kde) with the settings of a config's `detector:` section."""
+def make_detector(kind: str, detector_cfg) -> GMMDetector | KDEDetector | SoftMinKNNDetector:
+    """A detector of `kind` (a scorer's `detector`: gmm | kde | softmin_knn) with the settings of a config's
+    `detector:` section for it; the detector's defaults when the section has none."""
     from omegaconf import OmegaConf
 
-    section = detector_cfg[kind]
-    settings = OmegaConf.to_container(section) if OmegaConf.is_config(section) else dict(section)
+    if kind not in DETECTORS:
+        raise ConfigError(f"Unknown detector kind '{kind}'. Known kinds: {', '.join(DETECTORS)}.")
+    section = detector_cfg.get(kind) if detector_cfg is not None else None
+    settings = {} if section is None else OmegaConf.to_container(section) if OmegaConf.is_config(section) else dict(section)
     return DETECTORS[kind](**settings)
 
 
@@ -245,6 +358,10 @@ def describe_detector(detector) -> str:
     """The settings a detector was fitted with, in a few words (chosen by model selection when grid)."""
     if isinstance(detector, KDEDetector):
         return f"KDE, bandwidth {detector.bandwidth:g}"
+    if isinstance(detector, SoftMinKNNDetector):
+        n = len(detector.references_) if detector.references_ is not None else detector.n_references
+        return (f"soft-min kNN (k {detector.k}, T {detector.temperature:g}) over {n} references by {detector.selection} "
+                f"(seed {detector.random_state}), {detector.mode} mode" + (", z-calibrated" if detector.calibrate else ""))
     p = detector.best_params_
     how = f"chosen by {detector.cv_folds}-fold CV" if detector.mode == "grid" else "fixed"
     return f"GMM {p['gmm__n_components']} components, {p['gmm__covariance_type']} covariance ({how})"
