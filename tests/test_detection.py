@@ -118,7 +118,7 @@ def test_fit_writes_one_folder_with_a_card(fitted_folder):
     out, proc = fitted_folder
     assert sorted(p.name for p in out.iterdir()) == ["calibration.npz", "card.md", "detector.json", "detector.npz", "recipe.json", "settings.json"]
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["tiling"] == {"working_size": 32, "tile": 16, "stride": 8} and settings["network_evaluations_per_image"] == 9 * 20
+    assert settings["tiling"] == {"height": 32, "width": 32, "tile": 16, "stride": 8} and settings["network_evaluations_per_image"] == 9 * 20
     assert settings["maps"]["combination"] == "tile+pixel" and settings["maps"]["vmin"] < settings["maps"]["threshold"] < settings["maps"]["vmax"]
     card = (out / "card.md").read_text()
     assert "diffpath_fused" in card and "α = 0.1" in card and re.search(r"Beta\(1, 10\).*90% of calibration sets give between", card)
@@ -284,3 +284,100 @@ def test_scoring_memory_stays_flat(whole, tmp_path):
             tracemalloc.stop()
         assert summary.n == count and len(list((tmp_path / f"out{count}" / "heatmaps").glob("*_overlay.png"))) == count
     assert peaks[1000] <= 1.10 * peaks[100], f"peak {peaks[1000] / 2**20:.1f} MiB for 1,000 images vs {peaks[100] / 2**20:.1f} MiB for 100"
+
+
+@pytest.fixture(scope="module")
+def large(trained_checkpoint, tmp_path_factory):
+    """A whole-image detector fitted on 1,000 normal images at α = 0.2: 200 calibration images, so that a detector
+    flagging at 2α falls outside the rate test's 99.9% band (with 20, the band took anything from 0 to 57 of 100)."""
+    from zsad import AnomalyDetector
+
+    det = AnomalyDetector.fit(make_builtin("clouds", "train", 1000), backbone=str(trained_checkpoint), false_alarm_rate=0.2, working_size=16,
+                              device="cpu", cache_dir=tmp_path_factory.mktemp("cache_large"), **CHEAP)
+    return det, det.score(make_builtin("clouds", "test", 300))
+
+
+def test_the_rate_holds_and_a_doubled_rate_would_fail_the_test(large):
+    from zsad.detection.conformal import flag_rank
+
+    det, res = large
+    n_cal, m = len(det.calibration), len(res.scores)
+    k = flag_rank(0.2, n_cal)
+    lo, hi = betabinom(m, k, n_cal - k + 1).interval(0.999)
+    assert n_cal == 200 and hi < 2 * 0.2 * m, "the band must exclude a detector that flags at 2α"
+    assert lo <= res.is_anomaly.sum() <= hi, f"{res.is_anomaly.sum()} of {m} flagged; the law allows {lo:.0f}–{hi:.0f}"
+
+
+def test_a_normal_image_shows_an_outline_at_most_at_the_rate(large):
+    """The outline threshold is the k-th largest calibration map maximum: held-out normal images show any outline
+    as often as they are flagged (the beta-binomial band). The old rule, the (1 − α) quantile of all normal pixels,
+    outlines most normal images."""
+    from zsad.detection.conformal import flag_rank
+
+    det, res = large
+    maxima = np.array([m.max() for m in res.maps])
+    outlined = int((maxima > det.maps.threshold).sum())
+    n_cal, m = len(det.calibration), len(maxima)
+    k = flag_rank(0.2, n_cal)
+    lo, hi = betabinom(m, k, n_cal - k + 1).interval(0.999)
+    assert lo <= outlined <= hi, f"{outlined} of {m} normal images outlined; the law allows {lo:.0f}–{hi:.0f}"
+    old = np.quantile(np.concatenate([mp.ravel() for mp in res.maps]), 1 - 0.2)
+    assert (maxima > old).mean() > 0.5, "the pooled-pixel quantile outlines most normal images (what this threshold fixes)"
+
+
+def test_a_rate_the_calibration_cannot_reach_is_refused(whole, fitted_folder, folders, tmp_path):
+    """k = ⌊α(n_cal + 1)⌋ = 0 would flag nothing and say nothing: score and the API refuse it, naming the size α needs."""
+    from zsad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"0\.001 needs at least 999 calibration images.*has 20.*--false-alarm-rate 0\.0477"):
+        whole.score(folders / "noise", false_alarm_rate=0.001)
+    out, _ = fitted_folder
+    proc = run_inprocess("score", str(folders / "noise"), "--detector", str(out), "--false-alarm-rate", "0.01", "--out", str(tmp_path / "s.csv"))
+    assert proc.returncode == 2 and "needs at least 99 calibration images" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "s.csv").exists(), "refused before anything is written"
+
+
+def test_a_card_without_a_reachable_rate_says_no_rate(whole, monkeypatch):
+    """As `zsad test` saves detectors fitted on too few images: the card says "no rate" and why, never "Beta(0, …)"."""
+    from zsad.detection.card import card_text
+
+    monkeypatch.setattr(whole, "false_alarm_rate", 0.01)  # 20 calibration images: k = 0
+    text = card_text(whole)
+    assert "no rate" in text.lower() and "Beta(0" not in text and "needs at least 99 calibration images" in text
+
+
+def test_an_older_or_edited_detector_folder_is_refused(fitted_folder, tmp_path, monkeypatch):
+    from zsad import AnomalyDetector
+    from zsad.detection import model
+    from zsad.detection.model import DetectorFolderError
+    from zsad.scoring.recipe import RecipeMismatchError
+
+    out, _ = fitted_folder
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    settings = json.loads((old / "settings.json").read_text())
+    (old / "settings.json").write_text(json.dumps({**settings, "format": 1}))
+    with pytest.raises(DetectorFolderError, match=r"format 1; this zsad reads format 2.*Fit it again"):
+        AnomalyDetector.load(old, device="cpu")
+    (old / "settings.json").write_text(json.dumps({**settings, "tiling": {**settings["tiling"], "stride": 16}}))
+    with pytest.raises(DetectorFolderError, match="tiling.*differs from the recipe"):
+        AnomalyDetector.load(old, device="cpu")
+    monkeypatch.setattr(model, "PREPROCESSING_VERSION", model.PREPROCESSING_VERSION + 1)  # today's preprocessing code changed
+    with pytest.raises(RecipeMismatchError, match="preprocessing"):
+        AnomalyDetector.load(out, device="cpu")
+
+
+def test_the_working_shape_follows_the_images(trained_checkpoint, tmp_path):
+    """No upsampling by default, the aspect ratio kept: 16 px images with a 16 px backbone are one tile; 24×40 px
+    images give a 24×40 working shape tiled over both axes, and maps come back at the input's shape."""
+    from zsad import AnomalyDetector
+
+    clouds = make_builtin("clouds", "train", 40)
+    small = [Image.fromarray(a).resize((16, 16), Image.BILINEAR) for a in clouds]
+    det = AnomalyDetector.fit(small, backbone=str(trained_checkpoint), false_alarm_rate=0.2, device="cpu", cache_dir=tmp_path / "c1", **CHEAP)
+    assert det.tiling.count == 1 and det.tiling.shape == (16, 16) and "own size" in det.info["working_shape_reason"]
+    wide = [Image.fromarray(a).resize((40, 24), Image.BILINEAR) for a in clouds]
+    det = AnomalyDetector.fit(wide, backbone=str(trained_checkpoint), false_alarm_rate=0.2, device="cpu", cache_dir=tmp_path / "c2", **CHEAP)
+    assert det.tiling.shape == (24, 40) and det.tiling.offsets == [(0, 0), (0, 8), (0, 16), (0, 24), (8, 0), (8, 8), (8, 16), (8, 24)]
+    res = det.score(wide[:2] + [Image.fromarray(clouds[0]).resize((20, 50))])
+    assert [m.shape for m in res.maps] == [(24, 40), (24, 40), (50, 20)]

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from zsad.data.base import ImageDataset
 from zsad.data.transforms import build_transform
 from zsad.detection import conformal
-from zsad.detection.inputs import Images, as_images
+from zsad.detection.inputs import Images, as_images, bit_depth_of
 from zsad.detection.maps import MapSettings, anomaly_map, colour_scale, image_scores, map_threshold, pixel_map, tile_map, upsample
 from zsad.detection.sizing import choose_working_shape, image_sizes
 from zsad.detection.split import split_normal
@@ -128,7 +128,8 @@ class AnomalyDetector:
             false_alarm_rate: float = 0.05, shots: Optional[int] = None, working_size: Optional[int] = None, tile_stride: Optional[int] = None,
             device: str = "auto", cache_dir: Optional[str | Path] = "outputs/feature_cache", batch_size: int = 16, network_batch: Optional[int] = None,
             seed: int = 0, map_combination: Optional[str] = None, aggregation: str = "max", top_k: float = 0.1, tile_position: bool = False,
-            precision: str = "32-true", skip_corrupt: bool = False, require_rate: bool = True, blend: str = "hann") -> "AnomalyDetector":
+            precision: str = "32-true", skip_corrupt: bool = False, require_rate: bool = True, blend: str = "hann",
+            bit_depth: Optional[int] = None) -> "AnomalyDetector":
         """Fit on normal images (a folder, paths, PIL images, arrays or a tensor): split by hashed name into a
         fit part and a calibration part, fit the detector on the fit part's tile features, calibrate on the rest."""
         t0 = time.time()
@@ -139,14 +140,16 @@ class AnomalyDetector:
             images, skipped = _readable_only(images)
         dev = resolve_device(device)
         bb = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, device=dev)
-        shape = choose_working_shape(image_sizes(images), bb.image_size, working_size)
+        shape = choose_working_shape(image_sizes(images), bb.image_size, working_size, images.names)
         tiling = make_tiling(bb.image_size, (shape.height, shape.width), tile_stride)
         split = split_normal(images.names, alpha, shots, tiling.count, require_rate=require_rate)
+        depth = bit_depth_of(images.subset(split.fit), override=bit_depth)  # one rule for the run, recorded in the recipe
         # CPU calls of 64 tiles: small networks are bound by per-call overhead at the scorers' CPU default of 8
         network_batch = network_batch or (64 if dev.type == "cpu" else None)
         options = {**(scorer_options or {}), **({"network_batch": int(network_batch)} if network_batch else {})}
         inner = build_scorer(scorer, **options)
-        preprocessing = {"image_size": [tiling.height, tiling.width], "center_crop": None, "tiles": tiling.to_dict(), "version": PREPROCESSING_VERSION}
+        preprocessing = {"image_size": [tiling.height, tiling.width], "center_crop": None, "tiles": tiling.to_dict(), "bit_depth": depth,
+                         "version": PREPROCESSING_VERSION}
         configure_precision(False)
         recipe = recipe_for(inner, bb, preprocessing, seed, dev, precision)
         combination = map_combination or ("tile+pixel" if inner.map_meaning else "tile")
@@ -154,7 +157,7 @@ class AnomalyDetector:
                            pixel_sigma=tiling.tile / 8 if tiling.count > 1 else 0.0)
         det = cls(bb, inner, tiling, None, recipe, maps,
                   false_alarm_rate=alpha, tile_position=tile_position, precision=precision)
-        say(f"[fit] working shape {tiling.height}×{tiling.width} px: {shape.reason}")
+        say(f"[fit] working shape {tiling.height}×{tiling.width} px: {shape.reason}; {depth}-bit pixel values")
         for note in shape.notes + ([f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}"] if skipped else []):
             say(f"[fit] note: {note}")
         say(f"[fit] {len(images)} normal images: {len(split.fit)} to fit, {len(split.calibration)} to calibrate (α = {alpha:g}); "
@@ -175,8 +178,13 @@ class AnomalyDetector:
     def _dataset(self, images: Images, split: str, skip_corrupt: bool = False) -> ImageDataset:
         prep = self.recipe.preprocessing
         size = prep["image_size"]
-        return ImageDataset(images.label, split, images.source, build_transform(size if isinstance(size, int) else tuple(size), prep.get("center_crop")),
-                            {**prep, "options": {}}, skip_corrupt=skip_corrupt)
+        transform = build_transform(size if isinstance(size, int) else tuple(size), prep.get("center_crop"), bit_depth=prep.get("bit_depth"))
+        return ImageDataset(images.label, split, images.source, transform, {**prep, "options": {}}, skip_corrupt=skip_corrupt)
+
+    @property
+    def bit_depth(self) -> Optional[int]:
+        """The run's bit-depth rule (None: a `zsad evaluate` prefix, 16-bit full scale)."""
+        return self.recipe.preprocessing.get("bit_depth")
 
     def _fit_features(self, images: Images, cache_dir: Optional[str | Path], batch_size: int) -> np.ndarray:
         """Tile feature rows [N·T, D] of the fit part, through the feature cache (as `zsad evaluate`)."""

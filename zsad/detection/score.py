@@ -112,7 +112,7 @@ def score_folder(images_dir: str, detector: str, out: Optional[str] = None, fals
             (heapq.heappush if len(best) < top else heapq.heappushpop)(best, entry)
             if heatmaps:
                 style = style or _first_scale(r.map)
-                _write_overlay(heat, images, by_name[r.name], r, style, sheet)
+                _write_overlay(heat, images, by_name[r.name], r, style, sheet, det.bit_depth)
     summary.flagged = flagged if det.calibration is not None else None
     summary.false_alarm_rate = alpha if det.calibration is not None else None
     summary.top = sorted(best, reverse=True)
@@ -137,10 +137,10 @@ def _first_scale(amap: np.ndarray) -> OverlayStyle:
     return OverlayStyle(float(lo), float(max(hi, lo + 1e-12)), None)
 
 
-def _write_overlay(folder: Path, images, index: int, r, style: OverlayStyle, sheet: ContactSheet) -> None:
+def _write_overlay(folder: Path, images, index: int, r, style: OverlayStyle, sheet: ContactSheet, bit_depth: Optional[int]) -> None:
     original = images.source.load(index)
     full = upsample(torch.from_numpy(r.map), (original.height, original.width))
-    picture = overlay(original, full, style)
+    picture = overlay(original, full, style, bit_depth=bit_depth)  # the network input's conversion: 16-bit images are not white
     target = folder / f"{Path(r.name).with_suffix('')}_overlay.png"  # sub-folders kept: a/x.png and b/x.png differ
     target.parent.mkdir(parents=True, exist_ok=True)
     picture.save(target, compress_level=1)  # fast: overlays are many and looked at, not archived

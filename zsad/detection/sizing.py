@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from zsad.data.base import FileSource
-from zsad.detection.inputs import Images
+from zsad.detection.inputs import Images, image_size, small_image_note
 from zsad.errors import ConfigError
 
 MAX_WORKING_SIZE = 256  # the default cap of the longer side: 15×15 tiles of 32 px at a stride of 16
@@ -38,19 +38,14 @@ class WorkingShape:
 
 
 def image_sizes(images: Images) -> list[tuple[int, int]]:
-    """(height, width) of every image; files are opened lazily (the header only)."""
-    from PIL import Image
-
+    """(height, width) of every image; files are read by their header only."""
     if isinstance(images.source, FileSource):
-        out = []
-        for path in images.source.files:
-            with Image.open(path) as img:
-                out.append((img.height, img.width))
-        return out
-    return [(img.height, img.width) for img in (images.source.load(i) for i in range(len(images)))]
+        return [image_size(path) for path in images.source.files]
+    return [image_size(images.source.load(i)) for i in range(len(images))]
 
 
-def choose_working_shape(sizes: Sequence[tuple[int, int]], tile: int, working_size: Optional[int] = None) -> WorkingShape:
+def choose_working_shape(sizes: Sequence[tuple[int, int]], tile: int, working_size: Optional[int] = None,
+                         names: Optional[Sequence[str]] = None) -> WorkingShape:
     """The working shape of images of these (height, width) sizes for tiles of `tile` px (see the module docstring)."""
     if not sizes:
         raise ConfigError("No images to choose a working size from.")
@@ -85,7 +80,7 @@ def choose_working_shape(sizes: Sequence[tuple[int, int]], tile: int, working_si
     small = (h < height) | (w < width)
     if small.any():
         notes.append(f"{int(small.sum())} of {len(sizes)} images are smaller than the working shape {height}×{width} px: they are upsampled.")
-    tiny = shorter < tile
-    if tiny.any():
-        notes.append(f"{int(tiny.sum())} of {len(sizes)} images are smaller than one tile ({tile} px): they are upsampled to it.")
+    tiny = small_image_note(names or [f"image {i}" for i in range(len(sizes))], sizes, (height, width), tile)
+    if tiny:
+        notes.append(tiny)
     return WorkingShape(height, width, reason, notes)

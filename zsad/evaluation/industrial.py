@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zsad.data.base import FileSource, ImageDataset
+from zsad.data.base import FileSource, ImageDataset, open_image
 from zsad.data.layouts import LabelledItem, LabelledSet, check_masks, load_mask, parse_data_spec
 from zsad.data.transforms import build_transform
 from zsad.detection import conformal
@@ -29,7 +29,7 @@ from zsad.detection.overlays import OverlayStyle, overlay
 from zsad.diffusion.backbone import Backbone
 from zsad.diffusion.loading import load_backbone
 from zsad.errors import ConfigError, DatasetNotFoundError
-from zsad.evaluation.ad_metrics import PixelMetricAccumulator, decision_rates, image_metrics, mean_over_categories
+from zsad.evaluation.ad_metrics import PixelMetricAccumulator, decision_rates, image_metrics, mean_over_categories, rate_ci
 from zsad.evaluation.baselines import BASELINES, build_baseline
 from zsad.scoring.scorers import RECOMMENDED_SCORER
 from zsad.scoring.tiles import BLENDS
@@ -54,6 +54,7 @@ class IndustrialSettings:
     map_combination: Optional[str] = None
     aggregation: str = "max"
     blend: str = "hann"
+    bit_depth: Optional[int] = None  # None: decided from each category's fit images
     metric_size: Optional[int] = None  # pixel metrics at the masks' resolution unless set (masks and maps resized to it)
     baselines: bool = True
     device: str = "auto"
@@ -135,9 +136,9 @@ def _train_images(labelled: LabelledSet) -> Images:
     return Images(FileSource(labelled.train, root=root), names, root, labelled.category)
 
 
-def _tensor(images: Images, shape: tuple[int, int]) -> torch.Tensor:
+def _tensor(images: Images, shape: tuple[int, int], bit_depth: Optional[int]) -> torch.Tensor:
     """Images at the working shape, preprocessed as the detectors see them ([-1, 1])."""
-    ds = ImageDataset(images.label, "baseline", images.source, build_transform(tuple(shape)), {"image_size": list(shape)})
+    ds = ImageDataset(images.label, "baseline", images.source, build_transform(tuple(shape), bit_depth=bit_depth), {"image_size": list(shape)})
     return torch.stack([ds[i][0] for i in range(len(ds))]) if len(ds) else torch.zeros((0, 3, *shape))
 
 
@@ -145,9 +146,10 @@ class MapMetrics:
     """Pixel metrics of one method, streamed: each map goes into the binned accumulator as it is made (memory flat in the
     number of test images). The bins come from `sample` (the calibration maps' quantiles), with overflow bins beyond."""
 
-    def __init__(self, sample: Optional[np.ndarray], metric_size: Optional[int]):
-        self.sample, self.metric_size = sample, metric_size
+    def __init__(self, sample: Optional[np.ndarray], metric_size: Optional[int], threshold: Optional[float] = None):
+        self.sample, self.metric_size, self.threshold = sample, metric_size, threshold
         self.acc: Optional[PixelMetricAccumulator] = None
+        self.outlined_normals, self.normals, self.coverage = 0, 0, []  # what the outline (map > threshold) marks
 
     def add(self, item: LabelledItem, amap: np.ndarray) -> None:
         if self.acc is None:  # without calibration maps, the first test map's values place the fine bins
@@ -155,12 +157,25 @@ class MapMetrics:
         with Image.open(item.path) as img:
             size = img.size if self.metric_size is None else (self.metric_size, self.metric_size)
         mask = load_mask(item, size)
-        self.acc.update(upsample(torch.from_numpy(np.ascontiguousarray(amap)), (size[1], size[0])), mask)
+        full = upsample(torch.from_numpy(np.ascontiguousarray(amap)), (size[1], size[0]))
+        self.acc.update(full, mask)
+        if self.threshold is not None and np.isfinite(self.threshold):
+            if item.label:
+                if mask.any():
+                    self.coverage.append(float((full[mask != 0] > self.threshold).mean()))
+            else:
+                self.normals += 1
+                self.outlined_normals += int(amap.max() > self.threshold)
 
     def result(self) -> dict:
         if self.acc is None:
             return {}
-        return {**self.acc.result(), "pixel_bound": self.acc.error_bound()}
+        out = {**self.acc.result(), "pixel_bound": self.acc.error_bound()}
+        if self.normals:
+            out["outlined_normals"] = rate_ci(self.outlined_normals, self.normals)
+        if self.coverage:
+            out["outline_coverage"] = float(np.mean(self.coverage))
+        return out
 
 
 class Examples:
@@ -197,7 +212,8 @@ def evaluate_category(labelled: LabelledSet, bb: Optional[Backbone], detector: O
             det = AnomalyDetector.fit(_train_images(labelled), backbone=bb, scorer=name, false_alarm_rate=settings.false_alarm_rate or DEFAULT_RATE,
                                       shots=settings.shots, working_size=settings.working_size, tile_stride=settings.tile_stride, device=settings.device,
                                       cache_dir=settings.cache_dir, batch_size=settings.batch_size, map_combination=settings.map_combination,
-                                      aggregation=settings.aggregation, require_rate=False, blend=settings.blend)
+                                      aggregation=settings.aggregation, require_rate=False, blend=settings.blend,
+                                      bit_depth=settings.bit_depth)
             det.save(out / "detectors" / labelled.category / det.scorer.name, force=True)  # reusable: zsad score / zsad test --detector
         first = not detectors
         rows, examples = score_streamed(det, labelled, test_images, settings, variants=settings.variants and first and not detector,
@@ -205,7 +221,7 @@ def evaluate_category(labelled: LabelledSet, bb: Optional[Backbone], detector: O
         results += rows
         detectors.append(det)
         if first:
-            sheet = example_overlays(labelled, rows[0], examples, out) if rows[0].style and examples else None
+            sheet = example_overlays(labelled, rows[0], examples, out, det.bit_depth) if rows[0].style and examples else None
     if settings.baselines and not detector:
         results += run_baselines(detectors[0], labelled, test_images, settings)
     measured = [measure(labelled, labels, r, settings) for r in results]
@@ -242,7 +258,8 @@ def score_streamed(det: AnomalyDetector, labelled: LabelledSet, test_images: Ima
     rate_holds = det.calibration is not None and conformal.flag_rank(alpha, len(det.calibration)) >= 1
     masks = labelled.has_masks
     kinds = _variants(det) if variants else {}
-    metrics = {k: MapMetrics(det.map_quantiles, settings.metric_size) for k in ["", *[k for k, (_, maps) in kinds.items() if maps]]} if masks else {}
+    metrics = {k: MapMetrics(det.map_quantiles, settings.metric_size, det.maps.threshold if not k else None)
+               for k in ["", *[k for k, (_, maps) in kinds.items() if maps]]} if masks else {}
     scores: dict[str, list[float]] = {k: [] for k in ["", *kinds]}
     flagged: list[bool] = []
     keeper = Examples(examples)
@@ -284,9 +301,9 @@ def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Imag
     train = _train_images(labelled)
     by_name = {n: i for i, n in enumerate(train.names)}
     shape = det.tiling.shape
-    fit_x = _tensor(train.subset([by_name[n] for n in det.info["fit_names"]]), shape)
-    cal_x = _tensor(train.subset([by_name[n] for n in det.info["calibration_names"]]), shape)
-    test_x = _tensor(test_images, shape)
+    fit_x = _tensor(train.subset([by_name[n] for n in det.info["fit_names"]]), shape, det.bit_depth)
+    cal_x = _tensor(train.subset([by_name[n] for n in det.info["calibration_names"]]), shape, det.bit_depth)
+    test_x = _tensor(test_images, shape, det.bit_depth)
     alpha = settings.false_alarm_rate if settings.false_alarm_rate is not None else det.false_alarm_rate
     rate_holds = conformal.flag_rank(alpha, cal_x.shape[0]) >= 1
     out = []
@@ -298,7 +315,7 @@ def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Imag
         threshold = map_threshold(cal_scores, alpha)  # the same outline rule as the detectors': the k-th largest map maximum
         typical = float(np.median(cal_maps.flatten(1).median(1).values.numpy()))
         style = OverlayStyle(*colour_scale(typical, threshold, float(cal_scores.max())), threshold)
-        metrics = MapMetrics(np.quantile(cal_maps.numpy().ravel(), np.linspace(0, 1, 20_001)), settings.metric_size) if labelled.has_masks else None
+        metrics = MapMetrics(np.quantile(cal_maps.numpy().ravel(), np.linspace(0, 1, 20_001)), settings.metric_size, threshold) if labelled.has_masks else None
         scores = []
         for start in range(0, test_x.shape[0], settings.batch_size):
             maps = method.maps(test_x[start : start + settings.batch_size])
@@ -335,7 +352,7 @@ def measure(labelled: LabelledSet, labels: np.ndarray, r: Scored, settings: Indu
     else:
         row["false_alarm"] = row["detection"] = None
         row["rates_note"] = r.note or _no_rate(r.alpha, 0)
-    row.update({"pixel_auroc": None, "pixel_aupr": None, "aupro": None, "pixel_bound": None})
+    row.update({"pixel_auroc": None, "pixel_aupr": None, "aupro": None, "pixel_bound": None, "outlined_normals": None, "outline_coverage": None})
     if labelled.has_masks:
         row.update(r.pixel)
     row["metric_size"] = settings.metric_size or "mask"
@@ -344,16 +361,15 @@ def measure(labelled: LabelledSet, labels: np.ndarray, r: Scored, settings: Indu
     return row
 
 
-def example_overlays(labelled: LabelledSet, r: Scored, examples: Examples, out: Path) -> Path:
+def example_overlays(labelled: LabelledSet, r: Scored, examples: Examples, out: Path, bit_depth: Optional[int]) -> Path:
     """The best hits (highest-scored defects) and the worst misses (lowest-scored defects, highest-scored normals) of
     one method, with the ground truth outlined in green, on one page."""
     tiles = []
     for kind, i, amap in examples.picks():
         item = labelled.test[i]
-        with Image.open(item.path) as img:
-            img = img.convert("RGB")
+        img = open_image(item.path)
         full = upsample(torch.from_numpy(np.ascontiguousarray(amap)), (img.height, img.width))
-        picture = overlay(img, full, r.style, truth=load_mask(item) if labelled.has_masks else None)
+        picture = overlay(img, full, r.style, truth=load_mask(item) if labelled.has_masks else None, bit_depth=bit_depth)
         stem = Path(item.name).with_suffix("").as_posix().replace("/", "_")
         target = out / "overlays" / labelled.category / r.method / f"{kind.replace(' ', '_').replace('?', '')}_{stem}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -366,7 +382,7 @@ def example_overlays(labelled: LabelledSet, r: Scored, examples: Examples, out: 
 
 
 COLUMNS = ["category", "method", "image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "pixel_aupr", "aupro", "false_alarm", "detection",
-           "alpha", "n_good", "n_defect", "metric_size", "evaluations_per_image", "seconds_per_image", "pixel_bound"]
+           "alpha", "n_good", "n_defect", "metric_size", "evaluations_per_image", "seconds_per_image", "pixel_bound", "outline_coverage"]
 
 
 def _alphas(rows: list[dict]) -> str:
@@ -389,14 +405,16 @@ def report(out: Path, rows: list[dict], sheets: dict, notes: list[str], settings
     methods = list(dict.fromkeys(r["method"] for r in rows))
     means = {m: mean_over_categories({r["category"]: {k: r.get(k) for k in METRICS} for r in rows if r["method"] == m}) for m in methods}
     head = ["category", "method", "image AUROC", "image AUPR", "F1-max", "pixel AUROC", "pixel AUPR", "AUPRO",
-            f"false alarms at α={_alphas(rows)} [95% CI] (n)", "detections [95% CI] (n)", "network evals / image", "s / image"]
+            f"false alarms at α={_alphas(rows)} [95% CI] (n)", "detections [95% CI] (n)", "normals outlined [95% CI] (n)", "defect area outlined",
+            "network evals / image", "s / image"]
     lines = [f"## zsad test: {data}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([r["category"], r["method"], *[_f(r.get(m)) for m in METRICS], _rate(r["false_alarm"]), _rate(r["detection"]),
+                                        _rate(r.get("outlined_normals")), _f(r.get("outline_coverage")),
                                         str(r["evaluations_per_image"] or "–"), f"{r['seconds_per_image']:.2f}"]) + " |")
     for m in methods:
         cells = [_f(means[m][k]["mean"]) for k in METRICS]
-        lines.append("| **mean** | **" + m + "** | " + " | ".join(cells) + " | | | | |")
+        lines.append("| **mean** | **" + m + "** | " + " | ".join(cells) + " | | | | | | |")
     size = "the ground-truth masks' resolution" if settings.metric_size is None else f"{settings.metric_size}×{settings.metric_size} px"
     bounds = [r["pixel_bound"] for r in rows if r.get("pixel_bound") is not None]
     binned = (f"binned ({PIXEL_BINS:,} bins placed by the calibration maps' quantiles, overflow bins beyond); the histograms bound each pixel "
@@ -405,7 +423,9 @@ def report(out: Path, rows: list[dict], sheets: dict, notes: list[str], settings
     lines += ["", f"Image metrics are exact; pixel metrics at {size}, {binned}. AUPRO: "
               "8-connected regions pooled over the test images, PRO integrated against the FPR of all normal pixels up to 0.3, divided by 0.3. "
               "Rates: at the conformal threshold of the rate α, with Clopper–Pearson 95% intervals; false alarms are counted on the normal "
-              "test images, detections on the defective ones."]
+              "test images, detections on the defective ones. Outlines: a normal test image counts as outlined when any pixel of its map "
+              "is above the map threshold (the k-th largest calibration map maximum, so at most α in expectation); the defect area outlined is "
+              "the mean over defect images of the share of their defect pixels above it."]
     lines += [f"* {r['category']} / {r['method']}: rates left out: {r['rates_note']}."
               for r in rows if r.get("rates_note") and r["rates_note"] != "ablation row"]
     if any(r.get("rates_note") == "ablation row" for r in rows):
@@ -430,8 +450,9 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([*COLUMNS[:8], "false_alarm_rate", "false_alarm_low", "false_alarm_high", "n_good_test", "detection_rate",
-                         "detection_low", "detection_high", *COLUMNS[10:]])
+                         "detection_low", "detection_high", *COLUMNS[10:], "outlined_normals_rate", "outlined_normals_n"])
         for r in rows:
-            fa, de = r.get("false_alarm") or {}, r.get("detection") or {}
+            fa, de, ol = r.get("false_alarm") or {}, r.get("detection") or {}, r.get("outlined_normals") or {}
             writer.writerow([r.get(c) for c in COLUMNS[:8]] + [fa.get("rate"), fa.get("low"), fa.get("high"), fa.get("n"), de.get("rate"),
-                                                               de.get("low"), de.get("high")] + [r.get(c) for c in COLUMNS[10:]])
+                                                               de.get("low"), de.get("high")] + [r.get(c) for c in COLUMNS[10:]]
+                            + [ol.get("rate"), ol.get("n")])
