@@ -227,11 +227,18 @@ def test_odd_images_are_converted_and_corrupt_ones_named_or_skipped(whole, tmp_p
     odd.mkdir()
     Image.fromarray(np.full((40, 24), 120, np.uint8)).save(odd / "grey.png")
     Image.fromarray(np.full((20, 30, 4), 90, np.uint8), "RGBA").save(odd / "rgba.png")
-    Image.fromarray(np.full((17, 17), 40000, np.uint16)).save(odd / "sixteen.png")
+    Image.fromarray(np.full((17, 17), 200, np.uint16)).save(odd / "sixteen.png")  # a 16-bit file holding 8-bit values
     Image.fromarray(np.full((64, 8, 3), 200, np.uint8)).save(odd / "thin.png")
     res = whole.score(odd)
     assert res.files == ["grey.png", "rgba.png", "sixteen.png", "thin.png"] and np.isfinite(res.scores).all()
     assert [m.shape for m in res.maps] == [(40, 24), (20, 30), (17, 17), (64, 8)]
+    from zsad.errors import ConfigError
+
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    Image.fromarray(np.full((17, 17), 40000, np.uint16)).save(wide / "sixteen.png")
+    with pytest.raises(ConfigError, match=r"values up to 40000, beyond this run's 8-bit range.*--bit-depth"):
+        whole.score(wide)  # fitted on 8-bit images: a 16-bit image is not silently clipped to white
     (odd / "broken.png").write_bytes(b"\x89PNG not really")
     from zsad.errors import CorruptImageError
 
@@ -381,3 +388,19 @@ def test_the_working_shape_follows_the_images(trained_checkpoint, tmp_path):
     assert det.tiling.shape == (24, 40) and det.tiling.offsets == [(0, 0), (0, 8), (0, 16), (0, 24), (8, 0), (8, 8), (8, 16), (8, 24)]
     res = det.score(wide[:2] + [Image.fromarray(clouds[0]).resize((20, 50))])
     assert [m.shape for m in res.maps] == [(24, 40), (24, 40), (50, 20)]
+
+
+def test_wide_twins_of_8_bit_images_give_the_same_scores(trained_checkpoint, tmp_path):
+    """One bit-depth rule per run, decided on the fit images: 16-bit copies x·257 and 12-bit copies x·16 of 8-bit
+    images x give the 8-bit detector's scores (the old per-image rule made x·16 almost black)."""
+    from zsad import AnomalyDetector
+
+    train, test = make_builtin("clouds", "train", 40), make_builtin("clouds", "test", 6)
+    scores = {}
+    for name, factor in (("8", None), ("16", 257), ("12", 16)):
+        fit = train if factor is None else train.astype(np.uint16) * factor
+        det = AnomalyDetector.fit(list(fit), backbone=str(trained_checkpoint), false_alarm_rate=0.2, working_size=16, device="cpu",
+                                  cache_dir=tmp_path / name, **CHEAP)
+        assert det.bit_depth == int(name)
+        scores[name] = det.score(list(test if factor is None else test.astype(np.uint16) * factor), with_maps=False).scores
+    assert np.allclose(scores["16"], scores["8"], rtol=0, atol=1e-4) and np.allclose(scores["12"], scores["8"], rtol=0, atol=1e-4)

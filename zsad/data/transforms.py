@@ -4,14 +4,16 @@ Pixel values are converted by one fixed rule per run (design §7 "Inputs"), neve
 
 * 8-bit modes ("L", "RGB", "P", ...): v / 255.
 * Integer containers wider than 8 bits ("I;16*", "I", 16-bit colour read by `zsad.data.base.open_image`): the
-  run's bit depth B (8, 10, 12, 14 or 16: `decide_bit_depth` on the fit images, or the user's choice) makes
-  2^B − 1 white: v / (2^B − 1), clipped to [0, 1]. Without a bit depth, the container's own: B = 16.
+  run's bit depth B (8, 10, 12, 14 or 16: `decide_bit_depth` on the fit images, or the user's choice) keeps the
+  top 8 of the B bits: ⌊v / 2^(B−8)⌋ (clipped to 255), so 2^B − 1 is white and an 8-bit x stored as x·2^(B−8)
+  (a left shift, as cameras write it), as round(x·(2^B − 1)/255) (a rescale) or, at 16 bits, as x·257 reads back
+  as x exactly. Without a bit depth, the container's own: B = 16.
 * Float ("F", float TIFFs): already in [0, 1] (1 = white), clipped.
 * Alpha (of any container, scaled by that container's own maximum, as PNG defines it) is composited on
   `BACKGROUND`.
 
 The result is rounded to 8-bit RGB and then goes through the same PIL steps as any 8-bit image, so an 8-bit image
-is preprocessed exactly as before and a 16-bit copy of it (x·257) gives the identical tensor at any size.
+is preprocessed exactly as before and its wide twins (above) give the identical tensor at any size.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def _unsupported(mode: str, detail: str = "") -> ConfigError:
 
 def to_rgb(img: Image.Image, bit_depth: Optional[int] = None, background: Sequence[int] = BACKGROUND) -> Image.Image:
     """Any mode to 8-bit RGB by the fixed rule of the module docstring: grayscale is repeated, alpha is composited on
-    `background` (0–255 RGB), wide integers are divided by 2^bit_depth − 1 (2^16 − 1 when None), floats are in [0, 1]."""
+    `background` (0–255 RGB), wide integers keep their top 8 of `bit_depth` bits (16 when None), floats are in [0, 1]."""
     if img.mode == "RGB" and SAMPLES not in img.info and "transparency" not in img.info:
         return img
     if img.mode == "L" and "transparency" not in img.info:
@@ -106,8 +108,16 @@ def to_rgb(img: Image.Image, bit_depth: Optional[int] = None, background: Sequen
     if channels not in _LAYOUT:
         raise _unsupported(f"{img.mode} with {channels} channels")
     colour, alpha = (arr[..., :-1], arr[..., -1:]) if channels in (2, 4) else (arr, None)
-    top = {"8-bit": 255.0, "wide": float(full_scale(bit_depth or 16)), "float": 1.0}[kind]
-    rgb = np.clip(np.nan_to_num(colour.astype(np.float64) / top), 0.0, 1.0)
+    if kind == "wide":  # the top 8 bits: ⌊v / 2^(B−8)⌋ / 255, exact for left-shifted and for rescaled 8-bit twins
+        depth = check_bit_depth(bit_depth or 16)
+        largest = int(colour.max()) if colour.size else 0
+        if largest > full_scale(depth):
+            raise ConfigError(f"an image holds pixel values up to {largest}, beyond this run's {depth}-bit range (0…{full_scale(depth)}): it has "
+                              "another bit depth than the images the detector was fitted on. Fit on images of this bit depth, or pass "
+                              "--bit-depth when fitting.")
+        rgb = np.floor(colour.astype(np.float64) / float(1 << (depth - 8))) / 255.0
+    else:
+        rgb = np.clip(np.nan_to_num(colour.astype(np.float64) / (255.0 if kind == "8-bit" else 1.0)), 0.0, 1.0)
     if alpha is not None:
         opacity = np.clip(np.nan_to_num(alpha.astype(np.float64) / {"8-bit": 255.0, "wide": 65535.0, "float": 1.0}[kind]), 0.0, 1.0)
         rgb = rgb * opacity + (np.asarray(background, np.float64) / 255.0) * (1.0 - opacity)
