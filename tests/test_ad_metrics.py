@@ -24,9 +24,11 @@ from zsad.evaluation.ad_metrics import (
     mean_over_categories,
     pixel_metrics_exact,
     rate_ci,
+    robust_edges,
 )
 
 PIXEL_KEYS = ("pixel_auroc", "pixel_aupr", "aupro")
+FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -359,7 +361,8 @@ def test_update_rejects_bad_input_without_changing_state():
         PixelMetricAccumulator(1.0, 1.0)
 
 
-def test_update_memory_is_bounded_for_a_megapixel_map():
+@pytest.mark.parametrize("bins", ["equal", "from_sample"])
+def test_update_memory_is_bounded_for_a_megapixel_map(bins):
     # 32×32 = 1024 small regions: a per-region histogram (1024 × 20,000 × 8 B = 164 MB) or anything of
     # pixels × bins would blow the 64 MB budget.
     rng = np.random.default_rng(0)
@@ -368,7 +371,7 @@ def test_update_memory_is_bounded_for_a_megapixel_map():
         for j in range(0, 1024, 32):
             mask[i:i + 3, j:j + 3] = True
     score = (rng.random((1024, 1024)) + mask).astype(np.float32)
-    acc = PixelMetricAccumulator(0.0, 2.0, bins=20_000)
+    acc = PixelMetricAccumulator(0.0, 2.0, bins=20_000) if bins == "equal" else PixelMetricAccumulator.from_sample(score[::16, ::16])
     tracemalloc.start()
     try:
         acc.update(score, mask)
@@ -380,6 +383,242 @@ def test_update_memory_is_bounded_for_a_megapixel_map():
     assert acc.n_regions == 1024 and acc.n_defect_pixels == 1024 * 9
     r = acc.result()
     assert r["pixel_auroc"] > 0.7 and r["aupro"] > 0.5
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pixel level: bins from a sample, on heavy-tailed maps (the error bound, and the old equal bins failing)
+# ---------------------------------------------------------------------------------------------------
+
+
+def heavy_tailed_set(seed: int, n: int = 48, size: int = 32, sigma: float = 3.0, normal_only: bool = False, link=np.exp, tiny: bool = False):
+    """n maps of link(sigma·z), z a smoothed standard normal field raised by 0.5–2.3 inside the defects: with
+    link = exp, log-normal pixels (median 1, 99.99th percentile ~7e4). Two images in three hold a defect: a blob
+    covering 0.5–10% of the image, or every sixth image a single pixel (all single pixels when tiny)."""
+    rng = np.random.default_rng(seed)
+    maps, masks = [], []
+    for i in range(n):
+        z = ndimage.gaussian_filter(rng.normal(size=(size, size)), 1.0)
+        z /= z.std()
+        mask = np.zeros((size, size), bool)
+        if not normal_only and i % 3:
+            if tiny or i % 6 == 1:
+                mask[tuple(rng.integers(size, size=(2, 1 + 3 * tiny)))] = True
+            else:
+                field = ndimage.gaussian_filter(rng.normal(size=(size, size)), rng.uniform(1, 4))
+                mask = field > np.quantile(field, 1 - rng.uniform(0.005, 0.1))
+        maps.append(link(sigma * (z + rng.uniform(0.5, 2.3) * mask)))
+        masks.append(mask)
+    return maps, masks
+
+
+def accumulate(acc: PixelMetricAccumulator, maps, masks) -> PixelMetricAccumulator:
+    for m, g in zip(maps, masks):
+        acc.update(m, g)
+    return acc
+
+
+def errors(acc: PixelMetricAccumulator, exact: dict) -> dict:
+    r = acc.result()
+    return {k: abs(r[k] - exact[k]) for k in PIXEL_KEYS}
+
+
+def assert_within_bound(acc: PixelMetricAccumulator, exact: dict, tolerance: float = 1e-3) -> dict:
+    """|binned − exact| within 1e-3 for each metric, within the reported bound (+ float rounding), bound < 1e-3."""
+    err, bound = errors(acc, exact), acc.error_bounds()
+    print(f"exact={exact} bins={acc.bins} error={err} bound={bound}")
+    for k in PIXEL_KEYS:
+        assert err[k] <= bound[k] + 1e-12, (k, err[k], bound[k])
+        assert bound[k] < tolerance and err[k] < tolerance, (k, err[k], bound[k])
+    assert acc.n_clipped == 0
+    return err
+
+
+def pooled(maps) -> np.ndarray:
+    return np.concatenate([np.ravel(m) for m in maps])
+
+
+@pytest.mark.parametrize("sample_kind", ["normal calibration maps", "maps with defects"])
+@pytest.mark.parametrize("seed", range(2))
+def test_sample_bins_on_lognormal_maps_within_1e3_where_equal_bins_fail(seed, sample_kind):
+    maps, masks = heavy_tailed_set(seed)
+    # Edges from other maps of the same kind, drawn separately (never the test maps themselves).
+    sample, _ = heavy_tailed_set(1000 + seed, normal_only=sample_kind == "normal calibration maps")
+    exact = pixel_metrics_exact(maps, masks)
+    s = pooled(maps)
+    assert s.max() / np.median(s) > 1e6 and len(maps) * 2 // 3 == sum(bool(g.any()) for g in masks)  # heavy tails, many defect images
+    assert all(0.05 < exact[k] < 0.98 for k in PIXEL_KEYS), exact
+    assert_within_bound(accumulate(PixelMetricAccumulator.from_sample(pooled(sample)), maps, masks), exact)
+    # The old ways fail this very test: equal bins over [min, max] of the test maps (what zsad test did) ...
+    old = errors(accumulate(PixelMetricAccumulator(float(s.min()), float(s.max())), maps, masks), exact)
+    # ... and equal bins over the sample's [0.1%, 99.9%] quantiles, clipping what lies outside.
+    low, high = np.quantile(pooled(sample), [0.001, 0.999])
+    clipped = accumulate(PixelMetricAccumulator(low, high), maps, masks)
+    print(f"equal bins over [min, max]: {old}; over the sample's quantiles: {errors(clipped, exact)}")
+    assert max(old.values()) > 1e-3 and max(errors(clipped, exact).values()) > 1e-3 and clipped.n_clipped > 0
+    # The bound still holds for them (it covers any binning, clipped end bins included).
+    for acc in (clipped,):
+        assert all(errors(acc, exact)[k] <= acc.error_bounds()[k] + 1e-12 for k in PIXEL_KEYS)
+
+
+def test_one_huge_normal_pixel_among_twelve_maps():
+    # The reported case: 12 maps of 32×32, one normal pixel at 1e5. Equal bins over [min, max] put almost
+    # every other pixel into the first bin.
+    maps, masks = realistic_set(0, size=32)
+    more, more_masks = realistic_set(1, size=32)
+    maps, masks = [m.copy() for m in maps + more], masks + more_masks
+    assert not masks[4].any()
+    maps[4][5, 7] = 1e5
+    exact = pixel_metrics_exact(maps, masks)
+    old = errors(accumulate(PixelMetricAccumulator(min(m.min() for m in maps), 1e5), maps, masks), exact)
+    assert min(old.values()) > 0.1, old
+    calibration = pooled(realistic_set(2, size=32)[0] + realistic_set(3, size=32)[0])  # no outlier in the sample
+    assert_within_bound(accumulate(PixelMetricAccumulator.from_sample(calibration), maps, masks), exact)
+    # With the test maps themselves as the sample, every distinct value gets its own bin: exact.
+    acc = accumulate(PixelMetricAccumulator.from_sample(pooled(maps)), maps, masks)
+    assert acc.error_bounds() == dict.fromkeys(PIXEL_KEYS, 0.0)
+    assert all(e < 1e-12 for e in errors(acc, exact).values())
+
+
+def test_negative_scores_far_beyond_the_sample_on_both_sides():
+    # Sample: narrow, z-scores of calibration maps. Test maps: 1000·sinh(3z), heavy on both sides and
+    # negative, plus pixels at ±1e300 and ±0.99 × the largest float, normal and defect.
+    sample = pooled(heavy_tailed_set(7, normal_only=True, link=lambda x: x / 3)[0])
+    maps, masks = heavy_tailed_set(8, link=lambda x: 1000 * np.sinh(x))
+    maps = [m.copy() for m in maps]
+    maps[0][0, :4] = [1e300, -1e300, 0.99 * FLOAT_MAX, -0.99 * FLOAT_MAX]
+    defect_image = next(i for i, g in enumerate(masks) if g.sum() > 4)
+    for value, (r, c) in zip([1e300, -1e300, -0.99 * FLOAT_MAX], np.argwhere(masks[defect_image])):
+        maps[defect_image][r, c] = value
+    s = pooled(maps)
+    assert (s < sample.min()).sum() > 1000 and (s > sample.max()).sum() > 1000
+    acc = accumulate(PixelMetricAccumulator.from_sample(sample), maps, masks)
+    assert_within_bound(acc, pixel_metrics_exact(maps, masks))
+    # Each pixel sits in the bin whose edges enclose it: nothing was clipped.
+    idx = np.searchsorted(acc.edges, s, side="right") - 1
+    assert (acc.edges[idx] <= s).all() and (s < np.append(acc.edges, np.inf)[idx + 1]).all()
+
+
+def test_ties_in_maps_and_sample():
+    # Scores rounded to integers: most pixels tie (0, 1, 2, …). Sample rounded alike, drawn separately.
+    maps, masks = heavy_tailed_set(3, link=lambda x: np.floor(np.exp(x)))
+    sample = pooled(heavy_tailed_set(4, link=lambda x: np.floor(np.exp(x)))[0])
+    s = pooled(maps)
+    assert (s == 0).mean() > 0.2 and len(np.unique(s)) < s.size / 10
+    exact = pixel_metrics_exact(maps, masks)
+    acc = accumulate(PixelMetricAccumulator.from_sample(sample), maps, masks)
+    assert_within_bound(acc, exact)
+    # Point masses of the sample get a bin of their own ([v, next float)), so the ties are exact there.
+    assert {0.0, 1.0, 2.0} <= set(acc.edges) and {np.nextafter(0.0, 1), np.nextafter(1.0, 2)} <= set(acc.edges)
+    # Only a few values: every one is a point mass of the sample, each bin holds one value, binned = exact.
+    few = [np.minimum(m, 4.0) for m in maps]
+    acc = accumulate(PixelMetricAccumulator.from_sample(np.minimum(sample, 4.0)), few, masks)
+    assert acc.error_bounds() == dict.fromkeys(PIXEL_KEYS, 0.0)
+    assert all(e < 1e-12 for e in errors(acc, pixel_metrics_exact(few, masks)).values())
+
+
+def test_one_pixel_defect_regions():
+    maps, masks = heavy_tailed_set(5, tiny=True)
+    assert all(size <= 4 for g in masks for size in np.bincount(ndimage.label(g, np.ones((3, 3)))[0].ravel())[1:])
+    sample = pooled(heavy_tailed_set(6, normal_only=True)[0])
+    exact = pixel_metrics_exact(maps, masks)
+    assert 0.05 < exact["aupro"] < 0.98
+    assert_within_bound(accumulate(PixelMetricAccumulator.from_sample(sample), maps, masks), exact)
+
+
+def test_sample_bins_all_normal_set_gives_none():
+    maps, masks = heavy_tailed_set(0, n=6, normal_only=True)
+    acc = accumulate(PixelMetricAccumulator.from_sample(pooled(maps)), maps, masks)
+    assert acc.result() == acc.error_bounds() == dict.fromkeys(PIXEL_KEYS) == pixel_metrics_exact(maps, masks)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_error_bound_bounds_the_error_of_coarse_bins(seed):
+    # Few bins, so the errors are large: quantile edges of a small sample, or equal bins that clip.
+    rng = np.random.default_rng(seed)
+    maps, masks = heavy_tailed_set(seed, n=int(rng.integers(3, 12)), size=12, sigma=float(rng.uniform(0.5, 3)))
+    if seed % 3 == 0:
+        maps = [np.round(m, 0) for m in maps]  # ties
+    exact = pixel_metrics_exact(maps, masks)
+    s = pooled(maps)
+    edges = np.unique(np.quantile(rng.choice(s, 50), np.linspace(0, 1, int(rng.integers(2, 30)))))
+    for acc in [PixelMetricAccumulator(edges=edges), PixelMetricAccumulator(*np.quantile(s, [0.2, 0.9]), bins=int(rng.integers(1, 20)))]:
+        accumulate(acc, maps, masks)
+        err, bound = errors(acc, exact), acc.error_bounds()
+        assert all(err[k] <= bound[k] + 1e-12 for k in PIXEL_KEYS), (err, bound)
+        assert max(err.values()) > 1e-3 or seed % 3 == 0  # not vacuous: the bins matter here
+
+
+def test_error_bound_is_reached():
+    # One bin [0, 1): 10 normals at 0.1 below 5 defects of one region at 0.2. Exact: AUROC 1, AP 1, AUPRO 1.
+    # Binned: every pixel at one threshold. The bound equals the error for each metric.
+    m = np.array([[0.1] * 10 + [0.2] * 5])
+    g = m > 0.15
+    acc = accumulate(PixelMetricAccumulator(edges=[0.0]), [m], [g])
+    err, bound = errors(acc, pixel_metrics_exact([m], [g])), acc.error_bounds()
+    assert err == pytest.approx(bound, abs=1e-12) and err["pixel_auroc"] == pytest.approx(0.5)
+    assert err["pixel_aupr"] == pytest.approx(1 - 5 / 15) and err["aupro"] == pytest.approx(1 - 0.15)
+    # The AP bound's other side: 20 normals in a bin above; in the bin [0, 1), 2 normals above 30 distinct
+    # defects. Exactly, the k-th defect has precision k / (22 + k); binned, all have 30 / 52. The bound
+    # replaces the sum over k by an integral (midpoint rule): reached to within 1% here.
+    m = np.array([[2.0] * 20 + [0.9, 0.95] + list(np.linspace(0.1, 0.5, 30))])
+    g = m < 0.6
+    acc = accumulate(PixelMetricAccumulator(edges=[0.0, 1.0]), [m], [g])
+    err, bound = errors(acc, pixel_metrics_exact([m], [g])), acc.error_bounds()
+    exact_ap = sum(k / (22 + k) for k in range(1, 31)) / 30
+    assert err["pixel_aupr"] == pytest.approx(30 / 52 - exact_ap, abs=1e-12)
+    assert err["pixel_aupr"] <= bound["pixel_aupr"] < 1.01 * err["pixel_aupr"]
+    assert all(err[k] <= bound[k] + 1e-12 for k in PIXEL_KEYS)
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [np.random.default_rng(0).normal(size=1000), np.zeros(7), np.full(3, 1e300), np.array([-FLOAT_MAX, FLOAT_MAX]),
+     np.array([1e-300, 2e-300, 5e-324]), np.random.default_rng(1).integers(0, 3, 500).astype(float), -np.exp(3 * np.random.default_rng(2).normal(size=50_000))],
+    ids=["normal", "one value", "one huge value", "whole float range", "tiny", "three values", "negative lognormal"],
+)
+def test_robust_edges_reach_every_float_within_budget(sample):
+    edges = robust_edges(sample, bins=20_000)
+    assert np.isfinite(edges).all() and (np.diff(edges) > 0).all()
+    assert edges[0] == -FLOAT_MAX and edges[-1] > 1e307
+    assert len(edges) < 130_000  # O(100k): 20k quantile bins + log-spaced ones to ± the largest float
+    # The sample's 20,000-quantiles are edges (to float rounding; numpy's overflow in the whole float range).
+    with np.errstate(over="ignore", invalid="ignore"):
+        q = np.quantile(sample, np.linspace(0, 1, 20_001))
+    q = q[np.isfinite(q)]
+    i = np.clip(np.searchsorted(edges, q), 1, len(edges) - 1)
+    assert (np.minimum(abs(edges[i] - q), abs(edges[i - 1] - q)) <= 1e-12 * abs(sample).max()).all()
+    acc = PixelMetricAccumulator(edges=edges)
+    extremes = np.array([[-FLOAT_MAX, -1e300, -1.0, -5e-324, 0.0, 5e-324, 1e-300, 1.0, 1e300, FLOAT_MAX]])
+    acc.update(extremes, extremes > 0)
+    assert acc.n_clipped == 0 and acc.n_normal_pixels + acc.n_defect_pixels == extremes.size
+    # Log-spaced edges: beyond one mean quantile bin from the median, the distance to it grows by at most
+    # 0.1% from an edge to the next for 10^6 range widths, then by at most 5%.
+    median, width = float(np.median(sample)), min(float(sample.max() / 2 - sample.min() / 2) * 2, FLOAT_MAX)
+    width = width or abs(float(sample[0])) or 1.0
+    with np.errstate(over="ignore"):
+        sides = (edges[edges > median] - median, median - edges[edges < median][::-1])
+    for side in sides:
+        far = side[(side >= width / 20_000) & np.isfinite(side)]
+        ratios = far[1:] / far[:-1]
+        assert ratios.max() < 1.0501 and (ratios[far[1:] < 1e6 * width] < 1.0011).all()
+
+
+def test_edges_constructor_clips_below_the_first_edge_and_validates():
+    acc = PixelMetricAccumulator(edges=[0.0, 1.0, 2.0])
+    acc.update(np.array([[-5.0, 0.5, 1.5, 1e9]]), np.array([[0, 1, 0, 1]]))
+    assert acc.bins == 3 and acc.n_clipped == 1
+    assert list(acc.normal_hist) == [1, 1, 0] and list(acc.defect_hist) == [1, 0, 1]  # -5 → first bin, 1e9 → last (open)
+    # A first bin of one value ([0, next float)) is exact, unless clipped scores joined it.
+    acc = accumulate(PixelMetricAccumulator(edges=[0.0, np.nextafter(0.0, 1.0), 1.0]), [np.array([[-1.0, 0.0, 0.5]])], [np.array([[0, 1, 0]])])
+    err = errors(acc, pixel_metrics_exact([np.array([[-1.0, 0.0, 0.5]])], [np.array([[0, 1, 0]])]))
+    assert acc.n_clipped == 1 and err["pixel_auroc"] == pytest.approx(0.25) and acc.error_bounds()["pixel_auroc"] >= err["pixel_auroc"]
+    for bad in ([], [1.0, 1.0], [2.0, 1.0], [0.0, np.inf]):
+        with pytest.raises(ValueError):
+            PixelMetricAccumulator(edges=bad)
+    with pytest.raises(ValueError):
+        PixelMetricAccumulator(0.0, 1.0, edges=[0.0])
+    with pytest.raises(ValueError):
+        PixelMetricAccumulator.from_sample(np.array([0.0, np.nan]))
 
 
 # ---------------------------------------------------------------------------------------------------

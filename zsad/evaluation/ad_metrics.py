@@ -10,20 +10,26 @@ Image metrics are exact at any score scale (they equal sklearn's on the raw scor
 sign and magnitude). Pixel metrics come in two forms that share one curve definition:
 
 * `PixelMetricAccumulator`: streaming and binned, memory O(bins) whatever the number of images
-  (1024×1024 maps × hundreds of images). Thresholds are the `bins + 1` edges of `bins` equal bins
-  over [low, high], fixed before the first update; a pixel is flagged at edge t when score >= t.
-  Scores outside [low, high] are clipped into the first/last bin (counted in `n_clipped`), so the
-  caller should pass a range that covers the scores (calibration maps, or a first pass).
+  (1024×1024 maps × hundreds of images). A pixel is flagged at threshold t when score >= t; the
+  thresholds are the bin edges, fixed before the first update. A bin is an interval of scores, so the
+  binned curve is the exact curve sampled at the edges, and `error_bounds()` says, from the histograms
+  alone, how far each binned metric can be from exact (only pixels that share a bin can be misordered).
+  Anomaly maps are heavy-tailed, so equal bins over [min, max] collapse: one hot pixel widens every
+  bin, and most pixels share the first. Hence `from_sample`: edges at the quantiles of a sample of
+  scores (calibration maps, a first batch), fine where its pixels are, plus edges log-spaced in the
+  distance to its median (0.1% steps out to 10^6 range widths, then 5%) up to the largest float: no
+  score is ever clipped, and the tails, inside and beyond the sample's range, stay resolved. The old
+  form, equal bins over [low, high] that clip into the end bins (`n_clipped`), is kept.
 * `pixel_metrics_exact`: unbinned, thresholds at every distinct score (flagged when score >= t),
-  for small data and for tests. The binned curve is the exact curve sampled at the bin edges, so the
-  two agree to within the curve's change inside one bin.
+  for small data and for tests.
 
 AUPRO (Bergmann et al., MVTec AD): regions are the 8-connected components of each image's ground
 truth (`scipy.ndimage.label` with a 3×3 structure; scipy's default would be 4-connected), pooled
 over all images. PRO(t) = mean over regions of the fraction of the region's pixels with score >= t,
 so every region weighs the same whatever its size. FPR(t) runs over all mask-0 pixels of all images,
 those of defect-free images included. The PRO-vs-FPR curve is integrated (trapezoid) from FPR 0 to
-`max_fpr` = 0.3, linearly interpolated at 0.3, and divided by 0.3: a value in [0, 1].
+`max_fpr` = 0.3, linearly interpolated at 0.3, and divided by 0.3: a value in [0, 1]. anomalib's
+`AUPRO` (2.7) computes the same number (tests/test_anomalib_oracle.py).
 """
 
 from __future__ import annotations
@@ -212,24 +218,141 @@ def _metrics_from_histograms(
     return result
 
 
+def _error_bounds(
+    normal: np.ndarray, defect: np.ndarray, pro_mass: np.ndarray, n_regions: int, max_fpr: float, one_value: np.ndarray | None = None
+) -> dict[str, float | None]:
+    """Largest |binned − exact| of each pixel metric that the per-bucket counts allow (see `error_bounds`).
+
+    one_value: buckets that hold a single score value (all their pixels tie, as in the exact sweep)."""
+    n_neg, n_pos = float(normal.sum()), float(defect.sum())
+    result: dict[str, float | None] = {"pixel_auroc": None, "pixel_aupr": None, "aupro": None}
+    if n_pos == 0:
+        return result
+    n, p = normal[::-1].astype(np.float64), defect[::-1].astype(np.float64)  # buckets from the top
+    if one_value is not None:
+        # A tie counts alike in both sweeps: such a bucket adds no error. Its counts stay in the sums above it.
+        mixed = ~one_value[::-1]
+    else:
+        mixed = np.ones(len(n), dtype=bool)
+    tp_above = np.cumsum(p) - p
+    flagged_above = np.cumsum(n + p) - n - p
+    # AUPR (sklearn's AP = Σ Δrecall · precision): a bucket gives p/P · (TPa + p)/(Fa + p + n); exactly,
+    # its k-th defect from the top has precision (TPa + t)/(Fa + t + f) with k <= t <= p, 0 <= f <= n.
+    # Largest: f = 0, t = p for all. Smallest: all n normals above, t = k, whose sum over k is at least
+    # the integral from ½ to p + ½ (the summand is concave in k): p − (c − TPa)·log1p(p/(c + ½)), c = Fa + n.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        over = np.where(p > 0, p * (tp_above + p) * n / ((flagged_above + p) * (flagged_above + p + n)), 0.0)
+        c = flagged_above + n
+        under = np.where(p > 1, (c - tp_above) * (np.log1p(p / (c + 0.5)) - p / (c + p)), 0.0)  # p = 1: exact
+    result["pixel_aupr"] = float(np.sum(np.where(mixed, np.maximum(over, np.maximum(under, 0.0)), 0.0))) / n_pos
+    if n_neg == 0:
+        return result
+    # Between two consecutive binned curve points, the exact curve is a monotone path inside the box they
+    # span, and the chord (trapezoid) is off by at most half the box. AUROC: Σ ½ n_b p_b / (N P), reached
+    # when each bucket's defects all lie above (or all below) its normals.
+    result["pixel_auroc"] = float(0.5 * np.sum(np.where(mixed, n * p, 0.0)) / (n_neg * n_pos))
+    # AUPRO: the box cut at max_fpr (width w of dx, fraction t = w/dx) allows w·dy·(1 − t/2), half the box
+    # when it lies left of max_fpr, reached when the exact path rises at the box's left side.
+    dx, dy = n / n_neg, pro_mass[::-1] / max(n_regions, 1)
+    x0 = np.cumsum(dx) - dx
+    w = np.clip(np.minimum(x0 + dx, max_fpr) - x0, 0.0, None)
+    t = np.divide(w, dx, out=np.zeros_like(w), where=dx > 0)
+    result["aupro"] = float(np.sum(np.where(mixed & (x0 < max_fpr), w * dy * (1 - t / 2), 0.0))) / max_fpr
+    return result
+
+
+# Log-spaced bins around a sample's median m: edges m ± d, d geometric. Fine: ratio 1.001 from one mean
+# quantile bin, (max − min)/bins, to 10^6 range widths, so heavy-tailed scores 0.1% apart in their distance
+# to m get their own bins, inside the sample's range (where its quantile bins thin out) and beyond it.
+# Coarse: ratio 1.05 from there to the largest float, so that no finite score is ever clipped.
+# About 24k + 14k edges a side for 20,000 quantile bins and a range width near 1; at most 28k + 30k.
+_TAIL_FINE_RATIO = 1.001
+_TAIL_FINE_SPAN = 1e6
+_TAIL_COARSE_RATIO = 1.05
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+# Samples above this size are thinned with a fixed stride before the quantiles (a sort of the sample).
+_MAX_SAMPLE = 4_000_000
+
+
+def _log_distances(width: float, bins: int) -> np.ndarray:
+    """Ascending distances from the sample's median at which the log-spaced edges sit (see above)."""
+    log_d0 = math.log(max(width / bins, np.finfo(np.float64).tiny))
+    log_end = math.log(_FLOAT_MAX)
+    log_fine_end = min(math.log(width) + math.log(_TAIL_FINE_SPAN), log_end)
+    n_fine = max(math.ceil((log_fine_end - log_d0) / math.log(_TAIL_FINE_RATIO)), 1)
+    n_coarse = max(math.ceil((log_end - log_fine_end) / math.log(_TAIL_COARSE_RATIO)), 1)
+    logs = np.concatenate([np.linspace(log_d0, log_fine_end, n_fine + 1), np.linspace(log_fine_end, log_end, n_coarse + 1)[1:]])
+    with np.errstate(over="ignore"):
+        return np.exp(logs)
+
+
+def robust_edges(sample: np.ndarray, bins: int = 20_000) -> np.ndarray:
+    """Ascending thresholds: the sample's `bins`-quantiles (a point mass gets a bin of its own), log-spaced
+    edges around its median out to ± the largest float, and the lowest float first (nothing falls below)."""
+    s = np.asarray(sample).ravel()
+    if s.size == 0:
+        raise ValueError("need a non-empty sample of scores to place the bins.")
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}.")
+    if s.size > _MAX_SAMPLE:
+        s = s[:: -(-s.size // _MAX_SAMPLE)]
+    s = np.sort(s.astype(np.float64))  # once: np.quantile would partition once per level
+    if not np.isfinite(s).all():
+        raise ValueError("anomaly maps must be finite.")
+    a, b, median = float(s[0]), float(s[-1]), float(np.median(s))
+    # The quantiles (numpy's default, linear interpolation between order statistics), in half-steps so that
+    # no difference of two floats overflows.
+    pos = np.linspace(0.0, s.size - 1.0, bins + 1)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, s.size - 1)
+    step = (s[hi] / 2 - s[lo] / 2) * (pos - lo)
+    core = np.clip(s[lo] + step + step, s[lo], s[hi])
+    # A value that fills several quantiles is a point mass (ties): [v, next float) holds exactly it.
+    atoms = np.unique(core[1:][core[1:] == core[:-1]])
+    width = b / 2 - a / 2
+    width = min(2 * width, _FLOAT_MAX) if width > 0 else (abs(a) or 1.0)  # one value: its magnitude is the scale
+    d = _log_distances(width, bins)
+    with np.errstate(over="ignore", invalid="ignore"):
+        edges = np.concatenate([[-_FLOAT_MAX], median - d, core, np.nextafter(atoms, np.inf), median + d])
+    return np.unique(edges[np.isfinite(edges)])
+
+
 class PixelMetricAccumulator:
-    """Streaming, binned pixel AUROC / AUPR / AUPRO: update() once per image, then result().
+    """Streaming, binned pixel AUROC / AUPR / AUPRO: update() once per image, then result() and error_bounds().
 
-    Memory is three arrays of length `bins` (normal-pixel counts, defect-pixel counts, and per bin the
+    Memory is three arrays of one value per bin (normal-pixel counts, defect-pixel counts, and per bin the
     sum over regions of (region's pixels in the bin / region size), which is all PRO needs), plus the
-    temporaries of one image. Thresholds are the bin edges over [low, high]; a score outside the range
-    is clipped into the first/last bin and counted in `n_clipped`."""
+    temporaries of one image. Two ways to place the bins:
 
-    def __init__(self, low: float, high: float, bins: int = 20_000, max_fpr: float = MAX_FPR) -> None:
-        """Bins over [low, high], fixed before the first update (the caller knows the score range)."""
-        if not (math.isfinite(low) and math.isfinite(high) and high > low):
-            raise ValueError(f"need finite low < high, got ({low}, {high}).")
-        if bins < 1:
-            raise ValueError(f"bins must be >= 1, got {bins}.")
+    * `PixelMetricAccumulator.from_sample(sample)` (or `edges=`): bin i holds the scores in
+      [edges[i], edges[i+1]), the last bin everything >= edges[-1]; `from_sample` starts at the lowest
+      float, so nothing is clipped.
+    * `PixelMetricAccumulator(low, high, bins)`: `bins` equal bins over [low, high]; a score outside
+      is clipped into the first/last bin and counted in `n_clipped`."""
+
+    def __init__(
+        self, low: float | None = None, high: float | None = None, bins: int = 20_000, max_fpr: float = MAX_FPR, *, edges: ArrayLike | None = None
+    ) -> None:
+        """Equal bins over [low, high], or the given ascending `edges` (thresholds); fixed before the first update."""
         if not 0 < max_fpr <= 1:
             raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}.")
-        self.low, self.high, self.bins, self.max_fpr = float(low), float(high), int(bins), float(max_fpr)
-        self._scale = self.bins / (self.high - self.low)
+        self._edges: np.ndarray | None = None
+        if edges is not None:
+            if low is not None or high is not None:
+                raise ValueError("give either edges or (low, high), not both.")
+            e = np.asarray(edges, dtype=np.float64).ravel()
+            if e.size < 1 or not np.isfinite(e).all() or (np.diff(e) <= 0).any():
+                raise ValueError("edges must be finite and strictly increasing.")
+            self._edges = e
+            self.low, self.high, self.bins = float(e[0]), None, int(e.size)
+        else:
+            if low is None or high is None or not (math.isfinite(low) and math.isfinite(high) and high > low):
+                raise ValueError(f"need finite low < high, got ({low}, {high}).")
+            if bins < 1:
+                raise ValueError(f"bins must be >= 1, got {bins}.")
+            self.low, self.high, self.bins = float(low), float(high), int(bins)
+            self._scale = self.bins / (self.high - self.low)
+        self.max_fpr = float(max_fpr)
         self.normal_hist = np.zeros(self.bins, dtype=np.int64)
         self.defect_hist = np.zeros(self.bins, dtype=np.int64)
         self.pro_mass = np.zeros(self.bins, dtype=np.float64)
@@ -237,10 +360,32 @@ class PixelMetricAccumulator:
         self.n_images = 0
         self.n_clipped = 0
 
+    @classmethod
+    def from_sample(cls, sample: ArrayLike, bins: int = 20_000, max_fpr: float = MAX_FPR) -> "PixelMetricAccumulator":
+        """Bins robust to heavy tails: `bins` quantile bins of a sample of scores (e.g. calibration maps, any
+        shape) and log-spaced bins out to ± the largest float (`robust_edges`); about 100k bins in all."""
+        return cls(edges=robust_edges(np.asarray(sample), bins), max_fpr=max_fpr)
+
     @property
     def edges(self) -> np.ndarray:
-        """The bins + 1 thresholds (bin edges), ascending."""
+        """The thresholds, ascending: `edges=` as given (one per bin), or the bins + 1 edges of equal bins."""
+        if self._edges is not None:
+            return self._edges
         return np.linspace(self.low, self.high, self.bins + 1)
+
+    def _bin_index(self, s: np.ndarray) -> tuple[np.ndarray, int]:
+        """(bin of each float64 score, how many were clipped); modifies s."""
+        if self._edges is not None:
+            idx = np.searchsorted(self._edges, s, side="right") - 1
+            clipped = int(np.count_nonzero(idx < 0))  # below the first edge (never with from_sample)
+            np.maximum(idx, 0, out=idx)
+            return idx, clipped
+        clipped = int(np.count_nonzero((s < self.low) | (s > self.high)))
+        s -= self.low
+        s *= self._scale
+        np.floor(s, out=s)
+        np.clip(s, 0, self.bins - 1, out=s)  # out of range → first/last bin; score == high → last bin
+        return s.astype(np.intp), clipped
 
     def update(self, score_map: np.ndarray, mask: np.ndarray) -> None:
         """Add one image: a [H, W] anomaly map and its [H, W] ground truth (defect = nonzero)."""
@@ -264,12 +409,8 @@ class PixelMetricAccumulator:
             r = flat_r[start:start + _CHUNK]
             if not np.isfinite(s).all():
                 raise ValueError("anomaly maps must be finite.")
-            clipped += int(np.count_nonzero((s < self.low) | (s > self.high)))
-            s -= self.low
-            s *= self._scale
-            np.floor(s, out=s)
-            np.clip(s, 0, self.bins - 1, out=s)  # out of range → first/last bin; score == high → last bin
-            idx = s.astype(np.intp)
+            idx, k = self._bin_index(s)
+            clipped += k
             is_defect = r > 0
             all_counts = np.bincount(idx, minlength=self.bins)
             defect_counts = np.bincount(idx[is_defect], minlength=self.bins)
@@ -297,6 +438,20 @@ class PixelMetricAccumulator:
     def result(self) -> dict[str, float | None]:
         """{"pixel_auroc", "pixel_aupr", "aupro"}; each None when a class it needs is absent (e.g. no defect pixel)."""
         return _metrics_from_histograms(self.normal_hist, self.defect_hist, self.pro_mass, self.n_regions, self.max_fpr)
+
+    def error_bounds(self) -> dict[str, float | None]:
+        """Per metric, the largest |result() − pixel_metrics_exact(same maps)| these histograms allow; None as in result().
+
+        Only pixels sharing a bin can be misordered: AUROC ½ Σ_b normal_b·defect_b / (N·P), reached when each
+        bin's defects all lie above its normals; AUPRO the same half-box per bin (box = the bin's FPR step ×
+        its PRO step; cut at max_fpr) summed up to max_fpr, / max_fpr; AUPR the precision range of each bin's
+        defects given its counts. A bin of one value adds nothing. Covers any binning (clipped end bins too),
+        up to float rounding (~1e-12)."""
+        one_value = None
+        if self._edges is not None:  # [e, next float after e) holds one value; the last bin is open above
+            one_value = np.append(np.nextafter(self._edges[:-1], np.inf) == self._edges[1:], False)
+            one_value[0] &= self.n_clipped == 0  # clipped scores joined the first bin
+        return _error_bounds(self.normal_hist, self.defect_hist, self.pro_mass, self.n_regions, self.max_fpr, one_value)
 
 
 def pixel_metrics_exact(
