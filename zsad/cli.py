@@ -271,13 +271,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     setup_console(0 if args.quiet else 2 if args.verbose else None)
     os.environ.setdefault("WANDB_SILENT", "true")
-    try:
-        return args.func(args)
-    except ZsadError as err:
-        if os.environ.get("ZSAD_DEBUG"):
-            raise
-        print(f"zsad {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    from zsad.utils.signals import EXIT_CODE, sigterm_ends_run
+
+    with sigterm_ends_run() as sigterm:
+        try:
+            return args.func(args)
+        except BaseException as err:
+            if sigterm.received:  # whatever the stop raised on its way out (a DataLoader worker's death included)
+                if os.environ.get("ZSAD_DEBUG"):
+                    import traceback
+
+                    traceback.print_exception(err)
+                print(_stopped_by_sigterm(args), file=sys.stderr)
+                return EXIT_CODE
+            if not isinstance(err, ZsadError) or os.environ.get("ZSAD_DEBUG"):
+                raise
+            print(f"zsad {args.command}: error: {err}", file=sys.stderr)
+            return 2
+
+
+def _stopped_by_sigterm(args) -> str:
+    """The one line after a SIGTERM: what the stopped command kept and what to rerun."""
+    kept = {
+        "train": "checkpoints written so far are kept (last.ckpt = the latest periodic one); the same command resumes from it (resume=auto)",
+        "fit": f"no complete detector was written to {getattr(args, 'out', '')}; the features extracted so far are kept in the feature cache "
+               f"({getattr(args, 'cache_dir', '')}) and the same command (with --force if that folder exists now) continues from them",
+        "evaluate": "the results table was not completed; the features extracted so far are kept in the feature cache and the same command reuses them",
+        "ablate": "the ablation table was not completed; the features extracted so far are kept in the feature cache and the same command reuses them",
+        "test": "the results table was not completed; the features extracted so far are kept in the feature cache and the same command reuses them",
+        "score": "the scores CSV holds only the images scored before the stop; run the same command again for all of them",
+    }.get(args.command, "its outputs are incomplete; run the same command again")
+    return f"zsad {args.command}: stopped by SIGTERM; {kept}."
 
 
 if __name__ == "__main__":

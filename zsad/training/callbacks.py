@@ -43,12 +43,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         needed = sum(t.numel() * t.element_size() for t in _tensors(checkpoint))
-        with disk_full_guard(path, needed, partial=[tmp]):
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+        try:
+            with disk_full_guard(path, needed, partial=[tmp]):
+                with open(tmp, "wb") as f:
+                    torch.save(checkpoint, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+        except BaseException:  # a SIGTERM (zsad.utils.signals.Terminated) or any error mid-write: no stale temporary file
+            tmp.unlink(missing_ok=True)
+            raise
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         # Our checkpoints hold only tensors and plain data, so the safe loader always suffices.
