@@ -121,8 +121,9 @@ class _Entry:
 class ContactSheet:
     """Keeps the `n` most anomalous overlays (as small thumbnails: memory stays flat) and draws them on one page."""
 
-    def __init__(self, n: int = 16, thumb: int = 256):
+    def __init__(self, n: int = 16, thumb: int = 256, n_calibration: Optional[int] = None):
         self.n, self.thumb = n, thumb
+        self.smallest_p = None if not n_calibration else 1.0 / (n_calibration + 1)  # p-values are multiples of 1/(n_cal + 1)
         self._heap: list[_Entry] = []
 
     def add(self, name: str, score: float, p_value: Optional[float], picture: Image.Image) -> None:
@@ -141,9 +142,18 @@ class ContactSheet:
         if not self._heap:
             return None
         entries = sorted(self._heap, reverse=True)
-        tiles = [(f"#{k + 1} {e.name if len(e.name) <= 40 else '…' + e.name[-39:]}",
-                  f"score {e.score:.4g}" + ("" if e.p_value is None else f"   p = {e.p_value:.3g}"), e.thumbnail) for k, e in enumerate(entries)]
+        tiles = [(f"#{k + 1} {e.name if len(e.name) <= 40 else '…' + e.name[-39:]}", f"score {e.score:.4g}" + self._p_text(e.p_value), e.thumbnail)
+                 for k, e in enumerate(entries)]
         return labelled_sheet(tiles, path, title, cols=min(4, len(tiles)), thumb=self.thumb)
+
+
+    def _p_text(self, p: Optional[float]) -> str:
+        """`p = 0.12`, or `p ≤ 1/(n+1)` at the smallest p-value, which only says the score is above every calibration score."""
+        if p is None:
+            return ""
+        if self.smallest_p is not None and p <= self.smallest_p * (1 + 1e-9):
+            return f"   p ≤ 1/{round(1 / self.smallest_p)} (above all calibration)"
+        return f"   p = {p:.3g}"
 
 
 def labelled_sheet(tiles: list[tuple[str, str, Image.Image]], path: Path, title: str, cols: int = 3, thumb: int = 256) -> Path:

@@ -94,7 +94,7 @@ def score_folder(images_dir: str, detector: str, out: Optional[str] = None, fals
     alpha = det.decision_rate(false_alarm_rate)  # a rate the calibration set cannot reach is refused before anything is written
     summary.n_calibration = None if det.calibration is None else len(det.calibration)
     style = _style(det)
-    sheet = ContactSheet() if heatmaps else None
+    sheet = ContactSheet(n_calibration=summary.n_calibration) if heatmaps else None
     best: list = []
     tiled = det.tiling.count > 1
     csv_path.parent.mkdir(parents=True, exist_ok=True)
