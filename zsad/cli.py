@@ -75,7 +75,7 @@ def _cmd_fit(args) -> int:
     options = dict(backbone=args.backbone, false_alarm_rate=args.false_alarm_rate, shots=args.shots, working_size=args.working_size,
                    tile_stride=args.tile_stride, device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size,
                    map_combination=args.map_combination, aggregation=args.aggregation, tile_position=args.tile_position,
-                   skip_corrupt=args.skip_corrupt)
+                   skip_corrupt=args.skip_corrupt, blend=args.blend, bit_depth=args.bit_depth)
     if args.scorer:
         options["scorer"] = args.scorer
     _, lines = fit_folder(args.normal_dir, args.out, force=args.force, **options)
@@ -88,7 +88,8 @@ def _cmd_test(args) -> int:
     from zsad.evaluation.industrial import IndustrialSettings, run_test
 
     settings = IndustrialSettings(false_alarm_rate=args.false_alarm_rate, shots=args.shots, working_size=args.working_size, tile_stride=args.tile_stride,
-                                  map_combination=args.map_combination, aggregation=args.aggregation, metric_size=args.metric_size,
+                                  map_combination=args.map_combination, aggregation=args.aggregation, blend=args.blend, bit_depth=args.bit_depth,
+                                  metric_size=args.metric_size,
                                   baselines=not args.no_baselines, device=args.device, batch_size=args.batch_size, cache_dir=args.cache_dir)
     if args.scorers:
         settings.scorers = [s.strip() for s in args.scorers.split(",") if s.strip()]
@@ -146,6 +147,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default="outputs/feature_cache", help="feature cache (default outputs/feature_cache)")
 
 
+def _add_blend_option(p: argparse.ArgumentParser) -> None:
+    """The options of how images become maps, shared by `zsad fit` and `zsad test`."""
+    p.add_argument("--blend", choices=["hann", "max", "mean"], default="hann",
+                   help="how overlapping tile scores blend into the map: Hann-weighted (default), per-pixel maximum, or the plain mean (position-biased)")
+    p.add_argument("--bit-depth", type=int, choices=[8, 10, 12, 14, 16], default=None,
+                   help="bits per sample of the images (default: from the fit images' largest value, e.g. 12 for a 16-bit file holding 0…4095); "
+                   "recorded in the detector and used for every image it scores")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     noise = common.add_mutually_exclusive_group()
@@ -177,14 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scorer", default=None, help="default: zsad's recommended detector (diffpath_fused)")
     p.add_argument("--false-alarm-rate", type=float, default=0.05, help="α: the share of normal images flagged, at most (default 0.05)")
     p.add_argument("--shots", type=int, default=None, help="fit on N normal images only (calibration stays the same)")
-    p.add_argument("--working-size", type=int, default=None, help="images are resized to this size and cut into tiles at the backbone's "
-                   "resolution (default 256; the backbone's own size = one tile per image)")
+    p.add_argument("--working-size", type=int, default=None, help="the longer side images are resized to (aspect ratio kept) before they are "
+                   "cut into tiles at the backbone's resolution (default: the images' median longer side, at most 256; the backbone's own size = "
+                   "one tile per image)")
     p.add_argument("--tile-stride", type=int, default=None, help="pixels between tiles (default: half a tile)")
     p.add_argument("--map-combination", choices=["tile", "tile+pixel", "pixel"], default=None,
                    help="anomaly map: tile scores, tile scores + the scorer's per-pixel maps (default where it has them), or pixel maps")
     p.add_argument("--aggregation", choices=["max", "top_k"], default="max",
                    help="image score: the maximum of the tile map, or the mean of its top 10%% of pixels")
     p.add_argument("--tile-position", action="store_true", help="give the detector each tile's position too (objects at a fixed place)")
+    _add_blend_option(p)
     _add_run_options(p)
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (counted) instead of stopping at the first")
     p.add_argument("--force", action="store_true", help="replace an existing detector folder")
@@ -220,12 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=None, help="the base model to fit with (a file, hf://… or a known name)")
     p.add_argument("--detector", default=None, help="test a detector folder already fitted by `zsad fit` instead of fitting")
     p.add_argument("--scorers", default=None, help="comma-separated scorers (default: diffpath_fused)")
-    p.add_argument("--false-alarm-rate", type=float, default=0.05, help="α of the conformal threshold (default 0.05)")
+    p.add_argument("--false-alarm-rate", type=float, default=None, help="α of the conformal threshold (default 0.05, or the --detector's own)")
     p.add_argument("--shots", type=int, default=None, help="fit on N normal images per category (calibration unchanged)")
-    p.add_argument("--working-size", type=int, default=None, help="default 256 (see zsad fit)")
+    p.add_argument("--working-size", type=int, default=None, help="default: the category's median longer side, at most 256 (see zsad fit)")
     p.add_argument("--tile-stride", type=int, default=None, help="default: half a tile")
     p.add_argument("--map-combination", choices=["tile", "tile+pixel", "pixel"], default=None)
     p.add_argument("--aggregation", choices=["max", "top_k"], default="max")
+    _add_blend_option(p)
     p.add_argument("--metric-size", type=int, default=None, help="compute pixel metrics at this size instead of the masks' resolution")
     p.add_argument("--no-baselines", action="store_true", help="skip the pixel_gaussian and nearest_ssim rows")
     _add_run_options(p)
