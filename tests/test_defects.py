@@ -93,7 +93,7 @@ def test_reruns_replace_their_own_folders_and_refuse_foreign_ones(tmp_path):
     with pytest.raises(ConfigError, match="not made by make_defect_benchmark"):
         make_defect_benchmark(tmp_path, ["brick"], **SMALL)
     assert (tmp_path / "brick" / "mine.txt").read_text() == "keep"
-    with pytest.raises(UnknownNameError, match="Known: brick, grass, gravel, tissue, coins"):
+    with pytest.raises(UnknownNameError, match="Known: brick, grass, gravel, tissue, coins, coins_other"):
         make_defect_benchmark(tmp_path, ["bricks"])
     with pytest.raises(ConfigError, match="at least 16"):
         make_defect_benchmark(tmp_path, ["grass"], size=8)
@@ -129,7 +129,9 @@ def test_fit_and_test_crops_come_from_disjoint_source_regions(monkeypatch, tmp_p
         if spec.kind == "object":
             coded = _level_coded_coins(real.shape)
             cells = coin_cells(real.shape)
-            levels[category] = {split: {10 + 10 * k for k, c in enumerate(cells) if c[6] == parity} for split, parity in (("train", 0), ("test", 1))}
+            by_parity = {parity: {10 + 10 * k for k, c in enumerate(cells) if c[6] == parity} for parity in (0, 1)}
+            # coins: the fit coins in new poses (exchangeable normals); coins_other: the other coins (shifted normals)
+            levels[category] = {"train": by_parity[0], "test": by_parity[0 if spec.test_coins == "train" else 1]}
         else:
             coded = level_coded(real.shape)
             train = {10 + 15 * k for k in range(16) if (k // 4 + k % 4) % 2 == 0}

@@ -4,10 +4,12 @@
 #     exact masks; fit and test crops from disjoint regions of the sources): outputs/ad-demo/data
 #  2. the demo's base model (16 px, trained on built-in shapes; it never saw these images), reused from
 #     `make demo` when outputs/demo/train has it, else trained into outputs/ad-demo/train (about 3 min)
-#  3. `zsad test` with the settings fixed in docs/method.md §7 before measuring, scaled to the 16 px model:
-#     64 px working size, non-overlapping 16 px tiles; diffpath_fused (zsad's) and diffpath_v2 (the paper's),
-#     and the baselines pixel_gaussian and nearest_ssim in the same table: outputs/ad-demo/results.md
-#     with ablation rows of the map combination and the image-score aggregation (fused scorer, same network pass).
+#  3. `zsad test` with the defaults (the images' own 64 px as working size, 16 px tiles every 8 px, Hann blend):
+#     diffpath_fused (zsad's) and diffpath_v2 (the paper's), and the baselines pixel_gaussian and nearest_ssim in
+#     the same table: outputs/ad-demo/results.md, with ablation rows of the map combination, the image-score
+#     aggregation and the tile blends (fused scorer, same network pass; BLEND_RULE.md says how the blend is chosen);
+#  4. the fused scorer again at stride = tile (non-overlapping tiles, where every blend is the same map):
+#     outputs/ad-demo/stride16/results.md.
 # Wall times go to outputs/ad-demo/times.txt. Deterministic at a given thread count.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,7 +29,8 @@ if [ ! -f "$CKPT" ]; then
   CKPT="$OUT/train/checkpoints/last.ckpt"
   [ -f "$CKPT" ] || timed "$PY" -m zsad.cli train -c conf/train/demo.yaml output_dir="$OUT/train" resume=never -q
 fi
-COMMON=(--data "mvtec:$OUT/data" --backbone "$CKPT" --working-size 64 --tile-stride 16 --cache-dir "$OUT/feature_cache" --device cpu --batch-size 20)
+COMMON=(--data "mvtec:$OUT/data" --backbone "$CKPT" --cache-dir "$OUT/feature_cache" --device cpu --batch-size 20)
 timed "$PY" -m zsad.cli test "${COMMON[@]}" --scorers diffpath_fused,diffpath_v2 -o "$OUT" "$@"
+timed "$PY" -m zsad.cli test "${COMMON[@]}" --scorers diffpath_fused --tile-stride 16 --no-baselines -o "$OUT/stride16" "$@"
 
 
