@@ -6,7 +6,9 @@ detector, diffpath_fused at 10 steps) is ≥ −0.005 as a point estimate and �
     python experiments/choose_lite.py outputs/ablate/demo_cost outputs/ablate/real32_cost
 
 Prints a Markdown table of the candidates and the decision; if no setting qualifies, says so (then no
-`lite` preset ships, and docs/speed.md says why).
+`lite` preset ships, and docs/speed.md says why). The intervals are `zsad ablate`'s: each set's images are
+redrawn once per resample, for every pair that uses the set. A table written before that (each pair resampled
+on its own, too narrow an interval, so too permissive a lower bound) is named on the first line; rerun its ablation.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ def main(folders: list[str]) -> int:
     names = list(tables)
     refs = {n: next(r for r in t["rows"] if r["setting"] == t["reference"]) for n, t in tables.items()}
     budget = min(r["evaluations_per_image"] for r in refs.values()) / 2
+    stale = [n for n, r in refs.items() if r.get("resampling") != "per_set"]
+    if stale:
+        print(f"warning: {', '.join(stale)}: intervals from before per-set resampling (each pair resampled on its own: too narrow); "
+              "rerun its `zsad ablate` before trusting the lower bounds\n")
     labels = [r["setting"] for r in tables[names[0]]["rows"] if all(any(x["setting"] == r["setting"] for x in t["rows"]) for t in tables.values())]
     print("| setting | network evals / image | " + " | ".join(f"Δ {n} [95% CI]" for n in names) + " | qualifies |")
     print("|---|---|" + "---|" * len(names) + "---|")

@@ -20,10 +20,12 @@ def choose_lite():
     return module
 
 
-def _table(folder: Path, rows: dict[str, tuple[int, tuple[float, float, float]]]) -> str:
-    """rows: label -> (evaluations per image, (Δ, lower, upper)); the reference row is 'default' at 20."""
+def _table(folder: Path, rows: dict[str, tuple[int, tuple[float, float, float]]], resampling: str | None = "per_set") -> str:
+    """rows: label -> (evaluations per image, (Δ, lower, upper)); the reference row is 'default' at 20. `resampling`
+    as `zsad ablate` records it (None: a table from before per-set resampling)."""
     folder.mkdir(parents=True)
-    entries = [{"setting": "default", "scorer": "diffpath_fused", "options": {}, "evaluations_per_image": 20, "delta": [0.0, 0.0, 0.0]}]
+    entries = [{"setting": "default", "scorer": "diffpath_fused", "options": {}, "evaluations_per_image": 20, "delta": [0.0, 0.0, 0.0],
+                **({"resampling": resampling} if resampling else {})}]
     entries += [{"setting": k, "scorer": "s", "options": {"steps": c}, "evaluations_per_image": c, "delta": list(d)} for k, (c, d) in rows.items()]
     (folder / "ablation.json").write_text(json.dumps({"reference": "default", "rows": entries}))
     return str(folder)
@@ -49,3 +51,14 @@ def test_a_setting_past_either_bound_or_the_budget_gives_no_preset(choose_lite, 
     a = _table(tmp_path / "a", {"near_miss": (6, failing), "over_budget": (11, (0.0, 0.0, 0.0))})
     line = _decision(choose_lite, capsys, a)
     assert "no lite preset ships" in line and "at most 10 network evaluations" in line, line
+
+
+def test_a_table_from_before_per_set_resampling_is_named(choose_lite, tmp_path, capsys):
+    """Intervals that resampled each pair on its own are too narrow: such a table is named on the first line."""
+    old = _table(tmp_path / "old", {"cheap": (4, (-0.004, -0.009, 0.0))}, resampling=None)
+    new = _table(tmp_path / "new", {"cheap": (4, (-0.004, -0.009, 0.0))})
+    assert choose_lite.main([old, new]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("warning: old: intervals from before per-set resampling") and "new" not in out[0]
+    assert choose_lite.main([new]) == 0
+    assert "warning" not in capsys.readouterr().out

@@ -291,6 +291,7 @@ def test_ablate_writes_one_table_and_reuses_the_cache(smoke_checkpoint, tmp_path
     row = table["rows"][0]
     lo, hi = row["mean_all_ci"]
     assert 0 <= lo <= row["mean_all"] <= hi <= 1 and row["mean_far"] == row["digits→noise"]
+    assert row["resampling"] == "per_set", "each set's images redrawn once per resample (experiments/choose_lite.py checks it)"
     assert (tmp_path / "out" / "ablation.png").is_file() and "| default |" in (tmp_path / "out" / "ablation.md").read_text()
     assert first.stdout.count("[extract]") == 4 * 3  # one extraction per setting and split (digits train, digits test, noise test)
     again = run_cli("ablate", "-c", str(cfg))

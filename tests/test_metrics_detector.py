@@ -228,3 +228,124 @@ def test_paired_bootstrap_delta_equals_an_independent_sklearn_loop():
     assert hi - lo < 0.6 * (a_hi - a_lo), "the paired interval is that of the difference, far narrower than one mean's"
     with pytest.raises(ValueError, match="same images"):
         paired_bootstrap_delta(pairs_a, [(pairs_b[0][0][:-1], pairs_b[0][1]), pairs_b[1]], n_boot=5)
+
+
+# --------------------------------------------------------------------------- bootstrap over pairs that share sets
+def _direct_bootstrap(setting_a, setting_b, names, sizes, n_boot, seed):
+    """The documented draw, written out: per resample, each distinct set (in order of first use, ID before OOD, pair
+    by pair) draws its indices once, and every pair that uses the set takes those; sklearn's AUROC on the raw scores.
+    Returns the percentile interval of mean AUROC(a) − mean AUROC(b) (b=None: of mean AUROC(a))."""
+    r = np.random.default_rng(seed)
+    order = list(dict.fromkeys(s for pair in names for s in pair))
+    values = []
+    for _ in range(n_boot):
+        idx = {s: r.integers(0, sizes[s], sizes[s]) for s in order}
+        total = 0.0
+        for k, (x, y) in enumerate(names):
+            i, o = idx[x], idx[y]
+            lab = np.r_[np.zeros(len(i)), np.ones(len(o))]
+            total += roc_auc_score(lab, np.r_[setting_a[k][0][i], setting_a[k][1][o]])
+            if setting_b is not None:
+                total -= roc_auc_score(lab, np.r_[setting_b[k][0][i], setting_b[k][1][o]])
+        values.append(total / len(names))
+    return list(np.quantile(values, [0.025, 0.975]))
+
+
+def _scored(rng, names, sizes, shift=1.0):
+    """Scores of each named pair: ID images N(0, 1), OOD images N(shift, 1), at a large offset (ranks must not care)."""
+    return [(rng.normal(0, 1, sizes[x]) + 1e6, rng.normal(shift, 1, sizes[y]) + 1e6) for x, y in names]
+
+
+def test_a_shared_set_is_redrawn_once_for_every_pair_that_uses_it():
+    """A's test images are ID in (A, B) and (A, C) and OOD in (C, A): one draw of A's indices per resample serves all
+    three pairs. The function equals the loop written out here, for the mean and for the paired Δ."""
+    from zsad.evaluation.metrics import bootstrap_mean_auroc, paired_bootstrap_delta
+
+    rng = np.random.default_rng(21)
+    names, sizes = [("A", "B"), ("C", "A"), ("B", "C"), ("A", "C")], {"A": 30, "B": 25, "C": 20}
+    b = _scored(rng, names, sizes)
+    a = [(i + rng.normal(0, 0.5, len(i)), o + rng.normal(0, 0.5, len(o))) for i, o in b]
+    assert list(bootstrap_mean_auroc(a, 150, seed=4, sets=names)) == pytest.approx(_direct_bootstrap(a, None, names, sizes, 150, 4), abs=1e-12)
+    delta, lo, hi = paired_bootstrap_delta(a, b, 150, seed=4, sets=names)
+    assert [lo, hi] == pytest.approx(_direct_bootstrap(a, b, names, sizes, 150, 4), abs=1e-12)
+    assert delta == pytest.approx(np.mean([auroc(*p) - auroc(*q) for p, q in zip(a, b)]), abs=1e-15)  # the point value ignores the draws
+    assert (lo, hi) != paired_bootstrap_delta(a, b, 150, seed=4)[1:], "naming the sets changes the draws"
+
+
+def test_with_no_set_shared_the_draws_are_those_of_independent_pairs():
+    """Four distinct sets: naming them gives exactly the result without names (each pair's ID, then OOD images drawn
+    in turn, the same seed stream), and both equal the loop written out here."""
+    from zsad.evaluation.metrics import bootstrap_mean_auroc, paired_bootstrap_delta
+
+    rng = np.random.default_rng(8)
+    names, sizes = [("A", "B"), ("C", "D")], {"A": 30, "B": 22, "C": 18, "D": 26}
+    b = _scored(rng, names, sizes, shift=0.7)
+    a = [(i + rng.normal(0, 0.4, len(i)), o + rng.normal(0, 0.4, len(o))) for i, o in b]
+    named, unnamed = bootstrap_mean_auroc(a, 120, seed=9, sets=names), bootstrap_mean_auroc(a, 120, seed=9)
+    assert named == unnamed and list(named) == pytest.approx(_direct_bootstrap(a, None, names, sizes, 120, 9), abs=1e-12)
+    named, unnamed = paired_bootstrap_delta(a, b, 120, seed=9, sets=names), paired_bootstrap_delta(a, b, 120, seed=9)
+    assert named == unnamed and list(named[1:]) == pytest.approx(_direct_bootstrap(a, b, names, sizes, 120, 9), abs=1e-12)
+
+
+def test_sharing_a_set_widens_the_interval_of_the_mean():
+    """One small ID set A against three large OOD sets: A's resampling moves all three AUROCs (and Δs) together, so
+    the shared-set interval is wider than the one that resamples each pair's copy of A on its own (about √3 here)."""
+    from zsad.evaluation.metrics import bootstrap_mean_auroc, paired_bootstrap_delta
+
+    rng = np.random.default_rng(5)
+    names = [("A", "B"), ("A", "C"), ("A", "D")]
+    u, v = rng.normal(0, 1, 40), rng.normal(0, 1, 40)  # per image of A: how typical it is; how the two settings differ on it
+    b = [(u + rng.normal(0, 0.1, 40), rng.normal(2.5, 1, 1500)) for _ in names]
+    a = [(i + 0.8 * v, o + rng.normal(0, 0.1, 1500)) for i, o in b]
+    shared, alone = bootstrap_mean_auroc(b, 400, seed=1, sets=names), bootstrap_mean_auroc(b, 400, seed=1)
+    assert shared[1] - shared[0] > 1.5 * (alone[1] - alone[0]), (shared, alone)  # 1.90 times
+    shared, alone = paired_bootstrap_delta(a, b, 400, seed=1, sets=names), paired_bootstrap_delta(a, b, 400, seed=1)
+    assert shared[2] - shared[1] > 1.5 * (alone[2] - alone[1]), (shared, alone)  # 1.81 times
+    assert shared[0] == alone[0]
+
+
+def test_set_names_that_cannot_describe_the_pairs_are_refused():
+    from zsad.evaluation.metrics import bootstrap_mean_auroc, paired_bootstrap_delta
+
+    rng = np.random.default_rng(0)
+    pairs = [(rng.normal(0, 1, 10), rng.normal(1, 1, 12)), (rng.normal(0, 1, 11), rng.normal(1, 1, 12))]
+    with pytest.raises(ValueError, match="set 'A' has 10 scores in one pair and 11"):
+        bootstrap_mean_auroc(pairs, 5, sets=[("A", "B"), ("A", "C")])
+    with pytest.raises(ValueError, match="one set as both ID and OOD"):
+        paired_bootstrap_delta(pairs, pairs, 5, sets=[("A", "B"), ("C", "C")])
+    with pytest.raises(ValueError, match="1 .* names for 2 pairs"):
+        bootstrap_mean_auroc(pairs, 5, sets=[("A", "B")])
+
+
+def test_ablate_rows_name_each_pairs_sets_for_the_bootstrap(tmp_path):
+    """`zsad ablate` passes each pair's (ID, OOD) names: a row's mean interval and its Δ against the reference are
+    the shared-set ones, and a set that holds other images in another pair is an error."""
+    from omegaconf import OmegaConf
+
+    from zsad.evaluation.ablate import ablation_row, add_deltas
+    from zsad.evaluation.metrics import bootstrap_mean_auroc, paired_bootstrap_delta
+
+    rng = np.random.default_rng(2)
+    names, sizes = [("A", "B"), ("A", "C"), ("B", "A"), ("B", "C")], {"A": 20, "B": 16, "C": 12}
+    cfg = OmegaConf.create({"bootstrap": 60, "seed": 3, "settings": None, "reference": "ref"})
+
+    def result(label: str, pairs, indices=None) -> dict:
+        out = tmp_path / label
+        (out / "scores" / "s").mkdir(parents=True)
+        for (x, y), (i, o) in zip(names, pairs):
+            np.savez(out / "scores" / "s" / f"{x}_vs_{y}.npz", id_scores=i, ood_scores=o, id_indices=(indices or {}).get((x, y), np.arange(sizes[x])),
+                     ood_indices=np.arange(sizes[y]))
+        rows = [{"id": x, "ood": y, "shift": "near" if y != "C" else "far", "auroc": auroc(*p)} for (x, y), p in zip(names, pairs)]
+        return {"output_dir": str(out), "rows": rows, "means": [], "evaluations_per_image": {"s": 4}}
+
+    ref_pairs = _scored(rng, names, sizes)
+    pairs = [(i + rng.normal(0, 0.5, len(i)), o + rng.normal(0, 0.5, len(o))) for i, o in ref_pairs]
+    rows = [ablation_row(cfg, "cheap", "s", {}, result("cheap", pairs)), ablation_row(cfg, "ref", "s", {}, result("ref", ref_pairs))]
+    near = [n for n in names if n[1] != "C"]
+    assert rows[0]["_sets"]["near"] == near and rows[0]["resampling"] == "per_set"
+    assert rows[0]["mean_all_ci"] == bootstrap_mean_auroc(pairs, 60, seed=3, sets=names) != bootstrap_mean_auroc(pairs, 60, seed=3)
+    add_deltas(cfg, rows)
+    near_pairs, near_ref = [p for n, p in zip(names, pairs) if n in near], [p for n, p in zip(names, ref_pairs) if n in near]
+    assert rows[0]["delta_group"] == "near" and rows[0]["delta"] == paired_bootstrap_delta(near_pairs, near_ref, 60, seed=3, sets=near)
+    with pytest.raises(ValueError, match="set A holds other images"):
+        ablation_row(cfg, "moved", "s", {}, result("moved", pairs, {("A", "C"): np.arange(sizes["A"])[::-1]}))

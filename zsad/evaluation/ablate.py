@@ -25,6 +25,11 @@ from zsad.scoring.scorers import PAPER_SCORER
 from zsad.utils.console import say
 from zsad.utils.loggers import build_logger, check_logger_kind, close_loggers, log_results, wandb_run_info
 
+# How the intervals of a row were resampled, recorded in ablation.json (experiments/choose_lite.py reads it): every
+# set's images redrawn once per resample, shared by the pairs that use the set. Tables without it resampled each
+# pair on its own (too narrow).
+RESAMPLING = "per_set"
+
 
 def sweep_settings(cfg: DictConfig) -> list[tuple[str, str, dict]]:
     """(label, scorer, options) for every setting: the listed ones, then the grid's product (of `scorer`)."""
@@ -75,12 +80,29 @@ def ablation_row(cfg: DictConfig, label: str, scorer: str, options: dict, result
         row[f"{r['id']}→{r['ood']}"] = r["auroc"]
     for m in result["means"]:
         row[f"mean_{m['ood']}"] = m["auroc"]
-    row["_scores"] = {group: [_scores(Path(result["output_dir"]) / "scores" / scorer / f"{r['id']}_vs_{r['ood']}.npz")
-                              for r in result["rows"] if group == "all" or r["shift"] == group] for group in ("near", "far", "all")}
+    scores = {(r["id"], r["ood"]): _scores(Path(result["output_dir"]) / "scores" / scorer / f"{r['id']}_vs_{r['ood']}.npz") for r in result["rows"]}
+    check_shared_sets(scores)
+    groups = {group: [(r["id"], r["ood"]) for r in result["rows"] if group == "all" or r["shift"] == group] for group in ("near", "far", "all")}
+    # The pairs share their sets' images (A's test images are ID in (A, B) and OOD in (C, A)): `_sets` names each
+    # pair's two sets, so a bootstrap resample redraws every set once for all the pairs that use it.
+    row["_scores"] = {group: [scores[p][:2] for p in pairs] for group, pairs in groups.items()}
+    row["_sets"] = groups
+    row["resampling"] = RESAMPLING
     for group, pairs in row["_scores"].items():
         if pairs and cfg.bootstrap:
-            row[f"mean_{group}_ci"] = bootstrap_mean_auroc(pairs, int(cfg.bootstrap), seed=int(cfg.seed))
+            row[f"mean_{group}_ci"] = bootstrap_mean_auroc(pairs, int(cfg.bootstrap), seed=int(cfg.seed), sets=groups[group])
     return row
+
+
+def check_shared_sets(scores: dict[tuple[str, str], tuple[np.ndarray, ...]]) -> None:
+    """Every set is the same images in the same order wherever it appears (as ID or as OOD), as the shared bootstrap
+    draw assumes; `scores` maps (id, ood) to (id_scores, ood_scores, id_indices, ood_indices)."""
+    seen: dict[str, np.ndarray] = {}
+    for (id_set, ood_set), (_, _, id_indices, ood_indices) in scores.items():
+        for name, indices in ((id_set, id_indices), (ood_set, ood_indices)):
+            if name in seen and not np.array_equal(seen[name], indices):
+                raise ValueError(f"set {name} holds other images (or another order) in pair ({id_set}, {ood_set}) than in an earlier pair")
+            seen.setdefault(name, indices)
 
 
 def add_deltas(cfg: DictConfig, rows: list[dict]) -> None:
@@ -90,8 +112,11 @@ def add_deltas(cfg: DictConfig, rows: list[dict]) -> None:
     ref = next(r for r in rows if r["setting"] == cfg.reference)
     group = "near" if ref["_scores"]["near"] else "all"
     for r in rows:
+        if r["_sets"][group] != ref["_sets"][group]:
+            raise ValueError(f"setting {r['setting']} has pairs {r['_sets'][group]}, the reference {ref['_sets'][group]}")
         r["delta_group"] = group
-        r["delta"] = paired_bootstrap_delta(r["_scores"][group], ref["_scores"][group], max(int(cfg.bootstrap), 1), seed=int(cfg.seed))
+        r["delta"] = paired_bootstrap_delta(r["_scores"][group], ref["_scores"][group], max(int(cfg.bootstrap), 1), seed=int(cfg.seed),
+                                            sets=ref["_sets"][group])
 
 
 def ablate(cfg: DictConfig) -> dict[str, Any]:
@@ -107,6 +132,7 @@ def ablate(cfg: DictConfig) -> dict[str, Any]:
     add_deltas(cfg, rows)
     for r in rows:
         r.pop("_scores")
+        r.pop("_sets")
     pairs = [k for k in rows[0] if "→" in k]
     write_ablation(out, rows, pairs, cfg.reference)
     plots = [plot_ablation(out / "ablation.png", rows, pairs, Path(str(cfg.benchmark)).stem)]
@@ -144,9 +170,9 @@ def log_ablation(cfg: DictConfig, out: Path, rows: list[dict], pairs: list[str],
         close_loggers(loggers, failed=failed)
 
 
-def _scores(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _scores(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     with np.load(path) as d:
-        return d["id_scores"], d["ood_scores"]
+        return d["id_scores"], d["ood_scores"], d["id_indices"], d["ood_indices"]
 
 
 def metric_keys(labels: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ equal sklearn's on the raw scores, for scores of any sign and magnitude.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Hashable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -108,28 +108,61 @@ def bootstrap_auroc_ci(
 
 
 def bootstrap_mean_auroc(
-    pairs: Sequence[tuple[ArrayLike, ArrayLike]], n_boot: int = 200, level: float = 0.95, seed: int = 0, progress=None
+    pairs: Sequence[tuple[ArrayLike, ArrayLike]], n_boot: int = 200, level: float = 0.95, seed: int = 0, progress=None,
+    sets: Optional[Sequence[tuple[Hashable, Hashable]]] = None,
 ) -> tuple[float, float]:
-    """Percentile interval of the mean AUROC over (ID scores, OOD scores) pairs: every resample redraws
-    each pair's ID and OOD sets (stratified), on ranks as above."""
+    """Percentile interval of the mean AUROC over (ID scores, OOD scores) pairs, on ranks as above. Every resample
+    redraws the images of each set once (stratified); `sets` names each pair's (ID set, OOD set), so pairs that share
+    a set (set A's test images as ID of (A, B) and as OOD of (C, A)) share its draw. Without `sets`, no pair shares."""
     ranked = []
     for id_scores, ood_scores in pairs:
         ranks, labels = _labelled(id_scores, ood_scores)
         n_id = int((labels == 0).sum())
         ranked.append((ranks[:n_id].numpy(), ranks[n_id:].numpy(), labels))
+    slots, sizes = _set_slots([(len(i), len(o)) for i, o, _ in ranked], sets)
     rng = np.random.default_rng(seed)
     means = np.empty(n_boot)
     with _float64():
         for b in range(n_boot):
-            values = [float(binary_auroc(torch.from_numpy(np.concatenate([i[rng.integers(0, len(i), len(i))], o[rng.integers(0, len(o), len(o))]])),
-                                         y, validate_args=False))
-                      for i, o, y in ranked]
+            draw = _draw(rng, sizes)
+            values = [float(binary_auroc(torch.from_numpy(np.concatenate([i[draw[si]], o[draw[so]]])), y, validate_args=False))
+                      for (i, o, y), (si, so) in zip(ranked, slots)]
             means[b] = np.mean(values)
             if progress is not None:
                 progress(1)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+def _set_slots(sizes: Sequence[tuple[int, int]], sets: Optional[Sequence[tuple[Hashable, Hashable]]]) -> tuple[list[tuple[int, int]], list[int]]:
+    """(for each pair, the positions of its ID and OOD set among the distinct sets; each distinct set's size). Sets are
+    numbered in order of first use, ID before OOD, pair by pair: with no set shared, the draws are those of resampling
+    every pair's ID and then OOD images in turn. Without `sets`, each pair has two sets of its own."""
+    if sets is None:
+        sets = [((k, "id"), (k, "ood")) for k in range(len(sizes))]
+    if len(sets) != len(sizes):
+        raise ValueError(f"bootstrap: {len(sets)} (ID set, OOD set) names for {len(sizes)} pairs")
+    position: dict = {}
+    counts: list[int] = []
+    slots = []
+    for (id_set, ood_set), (n_id, n_ood) in zip(sets, sizes):
+        if id_set == ood_set:
+            raise ValueError(f"bootstrap: pair ({id_set!r}, {ood_set!r}) uses one set as both ID and OOD")
+        for name, n in ((id_set, n_id), (ood_set, n_ood)):
+            if name not in position:
+                position[name] = len(counts)
+                counts.append(n)
+            elif counts[position[name]] != n:
+                raise ValueError(f"bootstrap: set {name!r} has {counts[position[name]]} scores in one pair and {n} in another; "
+                                 "a shared set must be the same images in the same order in every pair")
+        slots.append((position[id_set], position[ood_set]))
+    return slots, counts
+
+
+def _draw(rng: np.random.Generator, sizes: Sequence[int]) -> list[np.ndarray]:
+    """One bootstrap draw of every set: indices with replacement, in the order of `sizes`."""
+    return [rng.integers(0, n, n) for n in sizes]
 
 
 def _auroc_from_ranks(ranks: np.ndarray, n_id: int) -> float:
@@ -139,10 +172,11 @@ def _auroc_from_ranks(ranks: np.ndarray, n_id: int) -> float:
 
 
 def paired_bootstrap_delta(pairs_a: Sequence[tuple[ArrayLike, ArrayLike]], pairs_b: Sequence[tuple[ArrayLike, ArrayLike]], n_boot: int = 1000,
-                           level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+                           level: float = 0.95, seed: int = 0, sets: Optional[Sequence[tuple[Hashable, Hashable]]] = None) -> tuple[float, float, float]:
     """(Δ, low, high): Δ = mean AUROC of `a` − mean AUROC of `b` over the pairs, with a percentile interval from
     resamples that redraw the same ID and OOD images for both (the scores of a pair are of the same images in the
-    same order), so the interval is that of the difference, not of two means."""
+    same order), so the interval is that of the difference, not of two means. `sets` names each pair's (ID set,
+    OOD set) as in `bootstrap_mean_auroc`: a set shared by several pairs is redrawn once per resample, for all of them."""
     from scipy.stats import rankdata
 
     if len(pairs_a) != len(pairs_b) or not pairs_a:
@@ -155,13 +189,15 @@ def paired_bootstrap_delta(pairs_a: Sequence[tuple[ArrayLike, ArrayLike]], pairs
         for s in (ia, oa, ib, ob):
             _check(s, s)
         data.append((ia, oa, ib, ob))
+    slots, sizes = _set_slots([(len(ia), len(oa)) for ia, oa, _, _ in data], sets)
     point = float(np.mean([auroc(ia, oa) - auroc(ib, ob) for ia, oa, ib, ob in data]))
     rng = np.random.default_rng(seed)
     deltas = np.empty(n_boot)
     for b in range(n_boot):
+        draw = _draw(rng, sizes)
         total = 0.0
-        for ia, oa, ib, ob in data:
-            i, o = rng.integers(0, len(ia), len(ia)), rng.integers(0, len(oa), len(oa))
+        for (ia, oa, ib, ob), (si, so) in zip(data, slots):
+            i, o = draw[si], draw[so]
             total += _auroc_from_ranks(rankdata(np.concatenate([ia[i], oa[o]])), len(i))
             total -= _auroc_from_ranks(rankdata(np.concatenate([ib[i], ob[o]])), len(i))
         deltas[b] = total / len(data)
