@@ -98,12 +98,12 @@ def test_missing_file_and_missing_group_option(tmp_path):
 
 
 def test_detector_schema_mirrors_the_detectors():
-    """conf → detector: every GMMConfig/KDEConfig field is a detector argument with the same default."""
+    """conf → detector: every GMMConfig/KDEConfig/SoftMinKNNConfig field is a detector argument with the same default."""
     import dataclasses
 
-    from zsad.scoring.detector import GMMDetector, KDEDetector
+    from zsad.scoring.detector import GMMDetector, KDEDetector, SoftMinKNNDetector
 
-    for schema, detector in ((S.GMMConfig, GMMDetector), (S.KDEConfig, KDEDetector)):
+    for schema, detector in ((S.GMMConfig, GMMDetector), (S.KDEConfig, KDEDetector), (S.SoftMinKNNConfig, SoftMinKNNDetector)):
         ours = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in dataclasses.fields(schema)}
         theirs = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in dataclasses.fields(detector)}
         assert set(ours) <= set(theirs)

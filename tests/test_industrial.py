@@ -149,10 +149,20 @@ def test_real_mvtec_names_folder_layout_and_a_fitted_detector(trained_checkpoint
     assert row["pixel_auroc"] is None and row["image_auroc"] is not None and row["n_good"] >= 1
     # a detector fitted by `zsad fit`, tested as it is
     run_ok("fit", str(cat / "train" / "good"), "-o", str(tmp_path / "det"), "--backbone", str(trained_checkpoint), "--working-size", "32",
-            "--tile-stride", "16", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"))
+            "--tile-stride", "16", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--false-alarm-rate", "0.2")
     run_ok("test", "--data", f"mvtec:{cat}", "--detector", str(tmp_path / "det"), "-o", str(tmp_path / "o3"), "--device", "cpu", "--logger", "none")
     rows = json.loads((tmp_path / "o3" / "results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["diffpath_fused"] and rows[0]["false_alarm"]["n"] == 8
+    assert rows[0]["alpha"] == 0.2 and "α=0.2 " in (tmp_path / "o3" / "results.md").read_text(), "decided and labelled at the detector's own α"
+    scores = _scores(tmp_path / "o3" / "scores" / "bottle" / "diffpath_fused.csv")
+    cal = np.load(tmp_path / "det" / "calibration.npz")["scores"]
+    from zsad.detection.conformal import is_anomaly
+
+    assert [f == "true" for f in scores[2]] == list(is_anomaly(cal, scores[0], 0.2))
+    run_ok("test", "--data", f"mvtec:{cat}", "--detector", str(tmp_path / "det"), "-o", str(tmp_path / "o4"), "--device", "cpu", "--logger", "none",
+           "--false-alarm-rate", "0.3")
+    row = json.loads((tmp_path / "o4" / "results.json").read_text())["rows"][0]
+    assert row["alpha"] == 0.3 and "α=0.3 " in (tmp_path / "o4" / "results.md").read_text(), "an explicit rate decides and labels the rows"
 
 
 def run_ok(*args: str):

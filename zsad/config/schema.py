@@ -159,9 +159,23 @@ class KDEConfig:
 
 
 @dataclass
+class SoftMinKNNConfig:
+    """UFCOD's detector (zsad.scoring.detector.SoftMinKNNDetector): every option of its EnergyOODDetector."""
+
+    k: int = 10
+    temperature: float = 0.5
+    n_references: int = 100
+    selection: str = "facility_location"  # facility_location | random | stratified
+    random_state: Optional[int] = 42
+    calibrate: bool = True
+    mode: str = "zsad"  # zsad (exact soft minimum, leave-one-out calibration) | parity (UFCOD's code)
+
+
+@dataclass
 class DetectorConfig:
     gmm: GMMConfig = field(default_factory=GMMConfig)
     kde: KDEConfig = field(default_factory=KDEConfig)
+    softmin_knn: SoftMinKNNConfig = field(default_factory=SoftMinKNNConfig)
 
 
 @dataclass

@@ -334,15 +334,30 @@ class AnomalyDetector:
 
     # ------------------------------------------------------------------ saving and loading
     def save(self, path: str | Path, force: bool = False) -> Path:
-        """Write the detector folder; an existing detector folder is replaced only with `force`."""
-        from zsad.detection.card import write_card
+        """Write the detector folder; an existing detector folder is replaced only with `force`. The files are written into
+        a sibling folder that is renamed into place, so an interrupted save never leaves a folder that looks complete."""
+        import shutil
 
         if self.calibration is None:
             raise ConfigError("Only a detector fitted with AnomalyDetector.fit (with calibration) can be saved as a folder.")
         folder = Path(path)
-        if folder.exists() and any(folder.iterdir()) and not force:
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not force:
             raise ConfigError(f"{folder} already exists and is not empty. Choose another folder, or pass --force (force=True) to replace it.")
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+        try:
+            self._write_files(staging)
+            if folder.exists():
+                shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+            staging.rename(folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return folder
+
+    def _write_files(self, folder: Path) -> None:
+        from zsad.detection.card import write_card
+
         self.detector.save(folder / "detector")
         self.recipe.write(folder / "recipe.json")
         np.savez(folder / "calibration.npz", scores=self.calibration,
@@ -352,7 +367,6 @@ class AnomalyDetector:
                     "network_evaluations_per_image": self.network_evaluations_per_image()}
         (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         write_card(folder, self)
-        return folder
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", backbone: Optional[str] = None) -> "AnomalyDetector":

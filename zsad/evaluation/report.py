@@ -208,10 +208,11 @@ def write_ablation(out: Path, rows: list[dict], pairs: list[str], reference: str
             d, lo, hi = r["delta"]
             cells.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "AUROC (OOD positive) per ID→OOD pair; mean rows with a 95% bootstrap interval of the mean (every pair's ID and OOD images redrawn)."]
+    lines += ["", "AUROC (OOD positive) per ID→OOD pair; mean rows with a 95% bootstrap interval of the mean (each set's images redrawn once "
+              "per resample, shared by every pair that uses the set)."]
     if has_delta:
         lines.append(f"Δ: mean {dgroup}-shift AUROC minus that of the reference row `{reference}`, with a 95% paired bootstrap interval "
-                     "(the same images and the same resamples for both rows, so it is the interval of the difference).")
+                     "(the same images and the same per-set resamples for both rows, so it is the interval of the difference).")
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     (out / "ablation.json").write_text(json.dumps({"pairs": pairs, "reference": reference, "rows": rows}, indent=2, default=str))
 
