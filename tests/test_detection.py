@@ -406,3 +406,21 @@ def test_wide_twins_of_8_bit_images_give_the_same_scores(trained_checkpoint, tmp
         assert det.bit_depth == int(name)
         scores[name] = det.score(list(test if factor is None else test.astype(np.uint16) * factor), with_maps=False).scores
     assert np.allclose(scores["16"], scores["8"], rtol=0, atol=1e-4) and np.allclose(scores["12"], scores["8"], rtol=0, atol=1e-4)
+
+
+def test_a_long_run_says_so_first_and_names_faster_settings(fitted_folder, monkeypatch, capsys):
+    """`zsad fit` prints its expected time before the work (from one timed call); past 10 minutes on a CPU it names
+    the settings that would cut it most, each with its own estimate."""
+    from zsad import AnomalyDetector
+    from zsad.detection import model
+
+    out, proc = fitted_folder
+    lines = proc.stdout.splitlines()
+    first_progress = next(i for i, line in enumerate(lines) if "expected time" in line)
+    assert lines[0].startswith("[fit] working shape 32×32 px") and first_progress <= 4, lines[:6]
+    det = AnomalyDetector.load(out, device="cpu")
+    monkeypatch.setattr(model, "seconds_per_evaluation", lambda bb, rows: 0.5)
+    seconds = det.say_estimate(100, "[score] expected time for 100 images")
+    said = capsys.readouterr().out
+    assert seconds == pytest.approx(100 * 180 * 0.5) and "about 2.5 h" in said
+    assert "--tile-stride 16: 4 tile(s) per image, about 67 min" in said and "--working-size 16: 1 tile(s)" in said

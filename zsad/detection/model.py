@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from zsad.data.base import ImageDataset
 from zsad.data.transforms import build_transform
 from zsad.detection import conformal
+from zsad.detection.estimate import LONG_RUN_SECONDS, estimate, faster_settings, seconds_per_evaluation
 from zsad.detection.inputs import Images, as_images, bit_depth_of
 from zsad.detection.maps import MapSettings, anomaly_map, colour_scale, image_scores, map_threshold, pixel_map, tile_map, upsample
 from zsad.detection.sizing import choose_working_shape, image_sizes
@@ -162,6 +163,7 @@ class AnomalyDetector:
             say(f"[fit] note: {note}")
         say(f"[fit] {len(images)} normal images: {len(split.fit)} to fit, {len(split.calibration)} to calibrate (α = {alpha:g}); "
             f"{tiling.count} tile(s) of {tiling.tile} px per image, {det.network_evaluations_per_image():,} network evaluations per image")
+        det.say_estimate(len(split.fit) + len(split.calibration), "[fit] expected time for fit and calibration")
         fit_rows = det._fit_features(images.subset(split.fit), cache_dir, batch_size)
         det._fit_density(fit_rows)
         det._calibrate(images.subset(split.calibration), batch_size)
@@ -174,6 +176,18 @@ class AnomalyDetector:
 
     def network_evaluations_per_image(self) -> int:
         return self.tiled.network_evaluations_per_image(self.backbone.num_timesteps)
+
+    def say_estimate(self, images: int, what: str) -> float:
+        """Print (and log) the expected seconds of running `images` images, from one timed network call; past
+        `LONG_RUN_SECONDS` on a CPU, also the settings that would cut it most. Returns the estimate."""
+        per_evaluation = seconds_per_evaluation(self.backbone, self.scorer.network_batch_for(self.backbone.alphas_cumprod.device))
+        guess = estimate(per_evaluation, images, self.network_evaluations_per_image())
+        say(guess.sentence(what))
+        if guess.seconds > LONG_RUN_SECONDS and self.backbone.alphas_cumprod.device.type == "cpu":
+            per_tile = self.network_evaluations_per_image() // self.tiling.count
+            say("  that is long on a CPU; faster settings (refit with one of them): " + "; ".join(
+                faster_settings(self.tiling, per_tile, per_evaluation, images) + (["--device cuda (a GPU is visible)"] if torch.cuda.is_available() else [])))
+        return guess.seconds
 
     def _dataset(self, images: Images, split: str, skip_corrupt: bool = False) -> ImageDataset:
         prep = self.recipe.preprocessing
@@ -315,6 +329,8 @@ class AnomalyDetector:
         """Scores, p-values, decisions and maps (at each input's resolution) of every image, in memory."""
         images = as_images(images)
         alpha = self.decision_rate(false_alarm_rate)
+        if self.tiling.count > 1:
+            self.say_estimate(len(images), f"[score] expected time for {len(images)} images")
         results = list(self.iter_scores(images, false_alarm_rate, batch_size, with_maps, skip_corrupt))
         by_name = {n: i for i, n in enumerate(images.names)}
         maps = [upsample(torch.from_numpy(r.map), _size(images, by_name[r.name])) for r in results] if with_maps else []

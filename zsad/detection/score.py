@@ -92,6 +92,7 @@ def score_folder(images_dir: str, detector: str, out: Optional[str] = None, fals
     if det.calibration is None:
         log(f"[score] {summary.no_p_value_reason}; p_value and is_anomaly are left empty")
     alpha = det.decision_rate(false_alarm_rate)  # a rate the calibration set cannot reach is refused before anything is written
+    det.say_estimate(len(images), f"[score] expected time for {len(images)} images")
     summary.n_calibration = None if det.calibration is None else len(det.calibration)
     style = _style(det)
     sheet = ContactSheet(n_calibration=summary.n_calibration) if heatmaps else None
