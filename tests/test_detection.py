@@ -207,11 +207,16 @@ def test_bad_input_gets_a_clear_error_and_leaves_nothing_behind(folders, fitted_
         (["score", str(tmp_path / "empty"), "--detector", str(out)], "holds no images"),
         (["score", str(folders / "noise"), "--detector", str(out), "--out", str(folders / "noise" / "x")], "inside the input folder"),
         (["score", str(folders / "noise"), "--detector", str(tmp_path / "nothing")], "No detector at"),
+        (["fit", str(tmp_path / "with_broken"), "-o", str(tmp_path / "d4"), *ck], r"Cannot read an image.*--skip-corrupt"),
     ]
+    (tmp_path / "with_broken").mkdir()
+    for f in sorted((folders / "normal").glob("*.png"))[:40]:
+        shutil.copy(f, tmp_path / "with_broken" / f.name)
+    (tmp_path / "with_broken" / "zz_broken.png").write_bytes(b"\x89PNG not really")
     for args, message in cases:
         proc = run_inprocess(*args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and re.search(message, proc.stderr, re.S), (args, proc.stderr[-800:])
-    assert not any((tmp_path / f"d{i}").exists() for i in (1, 2, 3)) and not (folders / "normal" / "det").exists()
+    assert not any((tmp_path / f"d{i}").exists() for i in (1, 2, 3, 4)) and not (folders / "normal" / "det").exists()
     damaged = tmp_path / "damaged"
     shutil.copytree(out, damaged)
     (damaged / "settings.json").write_text("{not json")
@@ -424,3 +429,16 @@ def test_a_long_run_says_so_first_and_names_faster_settings(fitted_folder, monke
     said = capsys.readouterr().out
     assert seconds == pytest.approx(100 * 180 * 0.5) and "about 2.5 h" in said
     assert "--tile-stride 16: 4 tile(s) per image, about 67 min" in said and "--working-size 16: 1 tile(s)" in said
+
+
+def test_outlines_follow_the_rate_decisions_are_made_at(fitted_folder):
+    """`zsad score --false-alarm-rate α'` outlines at α': the threshold is the k'-th largest saved calibration map maximum."""
+    from zsad import AnomalyDetector
+    from zsad.detection.maps import map_threshold
+
+    out, _ = fitted_folder
+    det = AnomalyDetector.load(out, device="cpu")
+    assert det.map_maxima is not None and len(det.map_maxima) == len(det.calibration) == 10
+    assert det.maps_at(det.false_alarm_rate) is det.maps and det.maps.threshold == map_threshold(det.map_maxima, 0.1)
+    wider = det.maps_at(0.3)
+    assert wider.threshold == map_threshold(det.map_maxima, 0.3) < det.maps.threshold and wider.vmin == det.maps.vmin

@@ -149,8 +149,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def _add_blend_option(p: argparse.ArgumentParser) -> None:
     """The options of how images become maps, shared by `zsad fit` and `zsad test`."""
-    p.add_argument("--blend", choices=["hann", "max", "mean"], default="hann",
-                   help="how overlapping tile scores blend into the map: Hann-weighted (default), per-pixel maximum, or the plain mean (position-biased)")
+    p.add_argument("--blend", choices=["max", "hann", "mean"], default="max",
+                   help="how overlapping tile scores blend into the map: the per-pixel maximum (default), Hann-weighted, or the plain mean "
+                   "(position-biased)")
     p.add_argument("--bit-depth", type=int, choices=[8, 10, 12, 14, 16], default=None,
                    help="bits per sample of the images (default: from the fit images' largest value, e.g. 12 for a 16-bit file holding 0…4095); "
                    "recorded in the detector and used for every image it scores")

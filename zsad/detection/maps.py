@@ -2,8 +2,8 @@
 
 Two maps per image, both at the working shape:
 * the *tile map*: every tile's detector score, standardised by the fit tiles' scores, blended over the
-  tiles that cover each pixel (`blend`: Hann-weighted by default, so that an anomalous tile gives the same
-  map maximum wherever it sits; see `Tiling.blend`). The image score is its maximum (`aggregation: max`) or
+  tiles that cover each pixel (`blend`: the per-pixel maximum by default, so that an anomalous tile gives
+  the same map maximum wherever it sits, at any stride and shape; see `Tiling.blend`). The image score is its maximum (`aggregation: max`) or
   the mean of its top `top_k` share of pixels, so the image decision rests on the detector alone.
 * the *anomaly map* shown and scored per pixel, by `combination`:
   - `tile`: the tile map;
@@ -35,7 +35,7 @@ class MapSettings:
 
     combination: str = "tile+pixel"
     aggregation: str = "max"
-    blend: str = "hann"  # how tile scores are blended into the tile map (tiles.BLENDS; "mean" is the old, position-biased blend)
+    blend: str = "max"  # how tile scores are blended into the tile map (tiles.BLENDS; experiments/ad_demo/BLEND_RULE.md chose it)
     top_k: float = 0.1  # share of the working-size pixels averaged by `top_k` (10%: more than one tile of a 4×4 grid)
     tile_mean: float = 0.0  # standardisation of tile scores (the fit tiles' mean and standard deviation)
     tile_std: float = 1.0

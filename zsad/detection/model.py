@@ -121,7 +121,7 @@ class AnomalyDetector:
         self.precision = precision
         self.tiled = TiledScorer(inner=scorer, tiling=tiling, seed=recipe.seed)
         self.map_quantiles: Optional[np.ndarray] = None  # quantiles of the calibration maps' values (bin edges of pixel metrics)
-        self.calibration_map_maxima: Optional[np.ndarray] = None  # set by calibration; not saved
+        self.map_maxima: Optional[np.ndarray] = None  # the calibration images' map maxima: the outline threshold at any α
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -129,7 +129,7 @@ class AnomalyDetector:
             false_alarm_rate: float = 0.05, shots: Optional[int] = None, working_size: Optional[int] = None, tile_stride: Optional[int] = None,
             device: str = "auto", cache_dir: Optional[str | Path] = "outputs/feature_cache", batch_size: int = 16, network_batch: Optional[int] = None,
             seed: int = 0, map_combination: Optional[str] = None, aggregation: str = "max", top_k: float = 0.1, tile_position: bool = False,
-            precision: str = "32-true", skip_corrupt: bool = False, require_rate: bool = True, blend: str = "hann",
+            precision: str = "32-true", skip_corrupt: bool = False, require_rate: bool = True, blend: str = "max",
             bit_depth: Optional[int] = None) -> "AnomalyDetector":
         """Fit on normal images (a folder, paths, PIL images, arrays or a tensor): split by hashed name into a
         fit part and a calibration part, fit the detector on the fit part's tile features, calibrate on the rest."""
@@ -141,10 +141,10 @@ class AnomalyDetector:
             images, skipped = _readable_only(images)
         dev = resolve_device(device)
         bb = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, device=dev)
-        shape = choose_working_shape(image_sizes(images), bb.image_size, working_size, images.names)
+        shape = choose_working_shape(_checked(lambda: image_sizes(images)), bb.image_size, working_size, images.names, tile_stride)
         tiling = make_tiling(bb.image_size, (shape.height, shape.width), tile_stride)
         split = split_normal(images.names, alpha, shots, tiling.count, require_rate=require_rate)
-        depth = bit_depth_of(images.subset(split.fit), override=bit_depth)  # one rule for the run, recorded in the recipe
+        depth = _checked(lambda: bit_depth_of(images, override=bit_depth))  # one rule for the folder, recorded in the recipe
         # CPU calls of 64 tiles: small networks are bound by per-call overhead at the scorers' CPU default of 8
         network_batch = network_batch or (64 if dev.type == "cpu" else None)
         options = {**(scorer_options or {}), **({"network_batch": int(network_batch)} if network_batch else {})}
@@ -249,7 +249,7 @@ class AnomalyDetector:
         self.maps.threshold = map_threshold(maxima, self.false_alarm_rate)
         self.maps.vmin, self.maps.vmax = colour_scale(float(np.median(medians)), self.maps.threshold, float(maxima.max()))
         self.map_quantiles = np.quantile(sample, np.linspace(0, 1, MAP_QUANTILES))
-        self.calibration_map_maxima = maxima
+        self.map_maxima = maxima
 
     def _calibration_map_statistics(self, tile_scores: torch.Tensor, pixels: Optional[np.ndarray], batch_size: int) -> tuple:
         """Per calibration image: the anomaly map's maximum and median, and an evenly spaced sample of its values."""
@@ -301,6 +301,15 @@ class AnomalyDetector:
                               f"detector has {n_cal}, so it could never flag an image. Use --false-alarm-rate {smallest:g} or more "
                               f"(1/(n_cal + 1)), or refit with more normal images (zsad fit).")
         return alpha
+
+    def maps_at(self, alpha: Optional[float]) -> MapSettings:
+        """The map settings with the outline threshold (and colour scale) of rate `alpha`: the k-th largest calibration map
+        maximum, so outlines mean the α that decisions are made at. The fitted settings for the fitted α or without maxima."""
+        if alpha is None or self.map_maxima is None or alpha == self.false_alarm_rate:
+            return self.maps
+        threshold = map_threshold(self.map_maxima, alpha)
+        vmin, vmax = colour_scale(float(self.maps.vmin), threshold, float(self.map_maxima.max()))
+        return replace(self.maps, threshold=threshold, vmin=vmin, vmax=vmax)
 
     def iter_scores(self, images: Any, false_alarm_rate: Optional[float] = None, batch_size: int = 16, with_maps: bool = True,
                     skip_corrupt: bool = False, keep_parts: bool = False, decide: bool = True) -> Iterator[ImageScore]:
@@ -363,12 +372,15 @@ class AnomalyDetector:
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
         try:
             self._write_files(staging)
-            if folder.exists():
-                shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
-            staging.rename(folder)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        old = staging.with_name(staging.name.replace(".partial", ".old"))
+        if folder.exists():  # moved aside first: a stop between the two renames leaves the old folder, never neither
+            folder.rename(old)
+        staging.rename(folder)
+        if old.exists():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
         return folder
 
     def _write_files(self, folder: Path) -> None:
@@ -376,8 +388,8 @@ class AnomalyDetector:
 
         self.detector.save(folder / "detector")
         self.recipe.write(folder / "recipe.json")
-        np.savez(folder / "calibration.npz", scores=self.calibration,
-                 **({} if self.map_quantiles is None else {"map_quantiles": self.map_quantiles}))
+        np.savez(folder / "calibration.npz", scores=self.calibration, **{k: v for k, v in (("map_quantiles", self.map_quantiles),
+                                                                                              ("map_maxima", self.map_maxima)) if v is not None})
         settings = {"format": FOLDER_FORMAT, "false_alarm_rate": self.false_alarm_rate, "threshold": self.threshold, "tiling": self.tiling.to_dict(),
                     "tile_position": self.tile_position, "maps": self.maps.to_dict(), "precision": self.precision, "info": self.info,
                     "network_evaluations_per_image": self.network_evaluations_per_image()}
@@ -395,6 +407,19 @@ class AnomalyDetector:
             return _load_prefix(cls, path, device, backbone)
         raise DetectorFolderError(f"No detector at {path}: pass a folder written by `zsad fit` or a prefix written by `zsad evaluate` "
                                   "(…/detectors/<scorer>/<id>).")
+
+
+def _checked(read: Any) -> Any:
+    """`read()`, with an unreadable image file turned into an error that names it and the option to skip it."""
+    from zsad.errors import CorruptImageError
+
+    try:
+        return read()
+    except ZsadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any decoder error means an unreadable file
+        raise CorruptImageError(f"Cannot read an image while sizing the run ({type(err).__name__}: {err}). Replace or delete the file, "
+                                "or pass --skip-corrupt (skip_corrupt=True) to leave unreadable images out.") from None
 
 
 def _readable_only(images: Images) -> tuple[Images, list[str]]:
@@ -460,6 +485,7 @@ def _load_folder(cls, folder: Path, device: str, backbone: Optional[str]) -> Ano
         with np.load(folder / "calibration.npz", allow_pickle=False) as data:
             calibration = data["scores"]
             quantiles = data["map_quantiles"] if "map_quantiles" in data else None
+            maxima = data["map_maxima"] if "map_maxima" in data else None
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
         raise DetectorFolderError(f"{folder}: the detector or calibration file is damaged or missing ({type(err).__name__}: {err}). "
                                   "Fit the detector again with `zsad fit`.") from None
@@ -471,7 +497,7 @@ def _load_folder(cls, folder: Path, device: str, backbone: Optional[str]) -> Ano
     _check(recipe, scorer, bb, dev)
     det = cls(bb, scorer, tiling, detector, recipe, MapSettings(**settings["maps"]), calibration, float(settings["false_alarm_rate"]),
               bool(settings.get("tile_position")), settings.get("info"), settings.get("precision", "32-true"))
-    det.map_quantiles = quantiles
+    det.map_quantiles, det.map_maxima = quantiles, maxima
     return det
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -116,6 +116,11 @@ class _Entry:
     name: str = field(compare=False)
     p_value: Optional[float] = field(compare=False)
     thumbnail: Image.Image = field(compare=False)
+
+
+def overlay_style(maps: Any) -> Optional[OverlayStyle]:
+    """The overlay style of fitted map settings (colour scale and outline threshold); None without calibration."""
+    return None if maps.vmin is None else OverlayStyle(maps.vmin, maps.vmax, maps.threshold)
 
 
 class ContactSheet:

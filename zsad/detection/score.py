@@ -20,7 +20,7 @@ import torch
 from zsad.detection.inputs import as_images
 from zsad.detection.maps import upsample
 from zsad.detection.model import AnomalyDetector
-from zsad.detection.overlays import ContactSheet, OverlayStyle, overlay
+from zsad.detection.overlays import ContactSheet, OverlayStyle, overlay, overlay_style
 from zsad.errors import ConfigError
 from zsad.utils.console import say
 
@@ -92,9 +92,10 @@ def score_folder(images_dir: str, detector: str, out: Optional[str] = None, fals
     if det.calibration is None:
         log(f"[score] {summary.no_p_value_reason}; p_value and is_anomaly are left empty")
     alpha = det.decision_rate(false_alarm_rate)  # a rate the calibration set cannot reach is refused before anything is written
-    det.say_estimate(len(images), f"[score] expected time for {len(images)} images")
+    if det.tiling.count > 1:
+        det.say_estimate(len(images), f"[score] expected time for {len(images)} images")
     summary.n_calibration = None if det.calibration is None else len(det.calibration)
-    style = _style(det)
+    style = _style(det, alpha)
     sheet = ContactSheet(n_calibration=summary.n_calibration) if heatmaps else None
     best: list = []
     tiled = det.tiling.count > 1
@@ -125,11 +126,10 @@ def score_folder(images_dir: str, detector: str, out: Optional[str] = None, fals
     return summary
 
 
-def _style(det: AnomalyDetector) -> Optional[OverlayStyle]:
-    """The calibration's colour scale; None for detectors without calibration (the first image's then)."""
-    if det.maps.vmin is None:
-        return None
-    return OverlayStyle(det.maps.vmin, det.maps.vmax, det.maps.threshold)
+def _style(det: AnomalyDetector, alpha: Optional[float]) -> Optional[OverlayStyle]:
+    """The calibration's colour scale and the outline threshold at the α decisions are made at; None for detectors
+    without calibration (the first image's scale then)."""
+    return overlay_style(det.maps_at(alpha))
 
 
 def _first_scale(amap: np.ndarray) -> OverlayStyle:

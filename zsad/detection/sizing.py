@@ -45,7 +45,7 @@ def image_sizes(images: Images) -> list[tuple[int, int]]:
 
 
 def choose_working_shape(sizes: Sequence[tuple[int, int]], tile: int, working_size: Optional[int] = None,
-                         names: Optional[Sequence[str]] = None) -> WorkingShape:
+                         names: Optional[Sequence[str]] = None, tile_stride: Optional[int] = None) -> WorkingShape:
     """The working shape of images of these (height, width) sizes for tiles of `tile` px (see the module docstring)."""
     if not sizes:
         raise ConfigError("No images to choose a working size from.")
@@ -77,7 +77,7 @@ def choose_working_shape(sizes: Sequence[tuple[int, int]], tile: int, working_si
     if off.any():
         notes.append(f"{int(off.sum())} of {len(sizes)} images have another aspect ratio than the working shape {height}×{width}: they are resized "
                      "to it (stretched).")
-    small = (h < height) | (w < width)
+    small = ((h < height) | (w < width)) & (shorter >= tile)  # those smaller than a tile get their own note below
     if small.any():
         notes.append(f"{int(small.sum())} of {len(sizes)} images are smaller than the working shape {height}×{width} px: they are upsampled.")
     tiny = small_image_note(names or [f"image {i}" for i in range(len(sizes))], sizes, (height, width), tile)

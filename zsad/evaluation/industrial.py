@@ -16,16 +16,15 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 
 from zsad.data.base import FileSource, ImageDataset, open_image
 from zsad.data.layouts import LabelledItem, LabelledSet, check_masks, load_mask, parse_data_spec
 from zsad.data.transforms import build_transform
 from zsad.detection import conformal
-from zsad.detection.inputs import Images
+from zsad.detection.inputs import Images, image_size
 from zsad.detection.maps import MapSettings, anomaly_map, colour_scale, image_scores, map_threshold, pixel_map, tile_map, upsample
-from zsad.detection.model import AnomalyDetector, resolve_device
-from zsad.detection.overlays import OverlayStyle, overlay
+from zsad.detection.model import MAP_QUANTILES, AnomalyDetector, resolve_device
+from zsad.detection.overlays import OverlayStyle, overlay, overlay_style
 from zsad.diffusion.backbone import Backbone
 from zsad.diffusion.loading import load_backbone
 from zsad.errors import ConfigError, DatasetNotFoundError
@@ -53,7 +52,7 @@ class IndustrialSettings:
     tile_stride: Optional[int] = None
     map_combination: Optional[str] = None
     aggregation: str = "max"
-    blend: str = "hann"
+    blend: str = "max"
     bit_depth: Optional[int] = None  # None: decided from each category's fit images
     metric_size: Optional[int] = None  # pixel metrics at the masks' resolution unless set (masks and maps resized to it)
     baselines: bool = True
@@ -154,8 +153,8 @@ class MapMetrics:
     def add(self, item: LabelledItem, amap: np.ndarray) -> None:
         if self.acc is None:  # without calibration maps, the first test map's values place the fine bins
             self.acc = PixelMetricAccumulator.from_sample(self.sample if self.sample is not None else np.ravel(amap), bins=PIXEL_BINS)
-        with Image.open(item.path) as img:
-            size = img.size if self.metric_size is None else (self.metric_size, self.metric_size)
+        height, width = image_size(item.path)
+        size = (width, height) if self.metric_size is None else (self.metric_size, self.metric_size)
         mask = load_mask(item, size)
         full = upsample(torch.from_numpy(np.ascontiguousarray(amap)), (size[1], size[0]))
         self.acc.update(full, mask)
@@ -193,7 +192,7 @@ class Examples:
         kinds = [("best hit", score), ("missed defect", -score)] if label else [("false alarm?", score)]
         for kind, key in kinds:
             heap = self.heaps[kind]
-            (heapq.heappush if len(heap) < self.n else heapq.heappushpop)(heap, (key, -index, amap))
+            (heapq.heappush if len(heap) < self.n else heapq.heappushpop)(heap, (key, -index, np.array(amap)))  # a copy, not a view of the batch
 
     def picks(self) -> list[tuple[str, int, np.ndarray]]:
         return [(kind, -i, m) for kind, heap in self.heaps.items() for _, i, m in sorted(heap, key=lambda e: (-e[0], -e[1]))]
@@ -255,11 +254,12 @@ def score_streamed(det: AnomalyDetector, labelled: LabelledSet, test_images: Ima
                    started: float) -> tuple[list[Scored], Examples]:
     """One pass over the test images: scores, decisions at one α, pixel metrics fed map by map (the default and each
     variant), and the maps of the overlay examples; no map is kept beyond its image."""
-    alpha = settings.false_alarm_rate if settings.false_alarm_rate is not None else det.false_alarm_rate
+    alpha = _alpha(settings, det)
     rate_holds = det.calibration is not None and conformal.flag_rank(alpha, len(det.calibration)) >= 1
+    maps_at_alpha = det.maps_at(alpha)  # outlines at the α the rows are decided and labelled at
     masks = labelled.has_masks
     kinds = _variants(det) if variants else {}
-    metrics = {k: MapMetrics(det.map_quantiles, settings.metric_size, det.maps.threshold if not k else None)
+    metrics = {k: MapMetrics(det.map_quantiles, settings.metric_size, maps_at_alpha.threshold if not k else None)
                for k in ["", *[k for k, (_, maps) in kinds.items() if maps]]} if masks else {}
     scores: dict[str, list[float]] = {k: [] for k in ["", *kinds]}
     flagged: list[bool] = []
@@ -281,15 +281,24 @@ def score_streamed(det: AnomalyDetector, labelled: LabelledSet, test_images: Ima
             if masks and has_maps:
                 metrics[kind].add(item, anomaly_map(tmap, pixel_map(det.tiling, pixels, maps), maps)[0].numpy())
     seconds = time.time() - started
-    style = OverlayStyle(det.maps.vmin, det.maps.vmax, det.maps.threshold) if det.maps.vmin is not None else None
-    rows = [Scored(det.scorer.name, np.array(scores[""]), np.array(flagged) if rate_holds else None, metrics.get("", MapMetrics(None, None)).result(),
+    style = overlay_style(maps_at_alpha)
+    rows = [Scored(det.scorer.name, np.array(scores[""]), np.array(flagged) if rate_holds else None, metrics[""].result() if masks else {},
                    seconds, rate_holds, det.network_evaluations_per_image(), style, alpha=alpha,
                    note=None if rate_holds else _no_rate(alpha, 0 if det.calibration is None else len(det.calibration)))]
     for kind in kinds:
+        same_maps = {k: v for k, v in rows[0].pixel.items() if k not in ("outlined_normals", "outline_coverage")}  # outlines: default row only
         rows.append(Scored(f"{det.scorer.name} [{kind}]", np.array(scores[kind]), None,
-                           metrics[kind].result() if kind in metrics else rows[0].pixel, seconds, False, rows[0].evaluations, style, alpha=alpha,
+                           metrics[kind].result() if kind in metrics else same_maps, seconds, False, rows[0].evaluations, style, alpha=alpha,
                            note="ablation row"))
     return rows, keeper
+
+
+def _alpha(settings: IndustrialSettings, det: AnomalyDetector) -> float:
+    """One α per run: --false-alarm-rate, else the detector's own, else the default (a `zsad evaluate` prefix has none)."""
+    for alpha in (settings.false_alarm_rate, det.false_alarm_rate):
+        if alpha is not None:
+            return float(alpha)
+    return DEFAULT_RATE
 
 
 def _no_rate(alpha: float, n_cal: int) -> str:
@@ -305,7 +314,7 @@ def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Imag
     fit_x = _tensor(train.subset([by_name[n] for n in det.info["fit_names"]]), shape, det.bit_depth)
     cal_x = _tensor(train.subset([by_name[n] for n in det.info["calibration_names"]]), shape, det.bit_depth)
     test_x = _tensor(test_images, shape, det.bit_depth)
-    alpha = settings.false_alarm_rate if settings.false_alarm_rate is not None else det.false_alarm_rate
+    alpha = _alpha(settings, det)
     rate_holds = conformal.flag_rank(alpha, cal_x.shape[0]) >= 1
     out = []
     for name in BASELINES:
@@ -316,7 +325,8 @@ def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Imag
         threshold = map_threshold(cal_scores, alpha)  # the same outline rule as the detectors': the k-th largest map maximum
         typical = float(np.median(cal_maps.flatten(1).median(1).values.numpy()))
         style = OverlayStyle(*colour_scale(typical, threshold, float(cal_scores.max())), threshold)
-        metrics = MapMetrics(np.quantile(cal_maps.numpy().ravel(), np.linspace(0, 1, 20_001)), settings.metric_size, threshold) if labelled.has_masks else None
+        sample = np.quantile(cal_maps.numpy().ravel(), np.linspace(0, 1, MAP_QUANTILES))
+        metrics = MapMetrics(sample, settings.metric_size, threshold) if labelled.has_masks else None
         scores = []
         for start in range(0, test_x.shape[0], settings.batch_size):
             maps = method.maps(test_x[start : start + settings.batch_size])

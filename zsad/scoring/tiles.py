@@ -35,8 +35,10 @@ BLENDS = ("hann", "max", "mean")
 def hann_window(tile: int) -> torch.Tensor:
     """[tile, tile] float64 weights sin²(πi/tile)·sin²(πj/tile): zero on a tile's first row and column, one at
     its centre. At a stride of half a tile the weights of the covering tiles sum to one (sin² + cos² = 1), and
-    a tile's centre is covered with nonzero weight by that tile alone, so a blended map takes every tile's
-    own value at the tile's centre, wherever the tile sits."""
+    a tile's centre is covered with nonzero weight by that tile alone, so a blended map takes every tile's own
+    value at its centre. That holds where the tiles are regular (stride tile or tile/2, the last row not moved
+    in); elsewhere a neighbour's weight dilutes it (e.g. 8.9 instead of 10 beside a moved-in row): `max` has
+    no such condition."""
     w = torch.sin(torch.pi * torch.arange(tile, dtype=torch.float64) / tile) ** 2
     return w[:, None] * w[None, :]
 
@@ -100,13 +102,14 @@ class Tiling:
         s = self.tile
         return torch.stack([images[:, :, y : y + s, x : x + s] for y, x in self.offsets], dim=1).flatten(0, 1)
 
-    def blend(self, values: torch.Tensor, how: str = "hann") -> torch.Tensor:
+    def blend(self, values: torch.Tensor, how: str = "max") -> torch.Tensor:
         """Per-tile values [B, T] (constant over each tile) or [B, T, tile, tile] → maps [B, H, W].
 
-        `hann`: the mean over the covering tiles weighted by `hann_window` (where every covering weight is zero,
-        on the image's first row and column, the plain mean); `max`: the largest covering value; `mean`: the plain
-        mean (biased: at a stride of half a tile an interior pixel averages 4 tiles and a corner pixel 1, so one
-        anomalous tile is damped up to 4× in the interior; kept for comparison only)."""
+        `max`: the largest covering value (position-invariant at any stride and shape: the map's maximum is the
+        largest tile value); `hann`: the mean over the covering tiles weighted by `hann_window` (where every
+        covering weight is zero the plain mean; invariant only on regular tilings, see `hann_window`); `mean`: the
+        plain mean (biased: at a stride of half a tile an interior pixel averages 4 tiles and a corner pixel 1,
+        so one anomalous tile is damped up to 4× in the interior; kept for comparison only)."""
         if how not in BLENDS:
             raise ConfigError(f"tile blend '{how}' is not one of {', '.join(BLENDS)}.")
         B, s = values.shape[0], self.tile
