@@ -271,6 +271,7 @@ def test_readme_example_runs(folders, trained_checkpoint, tmp_path, monkeypatch)
     assert len(res.files) == 10 and res.p_values is not None and len(res.maps) == 10 and (tmp_path / "det" / "card.md").is_file()
 
 
+@pytest.mark.slow  # about 4 minutes on 2 cores (1,100 overlays of 512 px images): `make test-slow`
 def test_scoring_memory_stays_flat(fitted_folder, tmp_path):
     """Peak RSS of `zsad score --heatmaps` in a fresh process on the tiled path (9 tiles per image, per-pixel maps),
     512 px inputs: 1,000 images use at most 20 MB more than 100 (one leaked full-resolution map per image would be

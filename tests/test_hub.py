@@ -37,6 +37,12 @@ def caches(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("ZSAD_CACHE", str(tmp_path / "zsad_cache"))
+    # huggingface_hub reads these once, when first imported: another test (anomalib's imports) may have done so already
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     attempts = []
 
     def refuse(*args, **kwargs):
