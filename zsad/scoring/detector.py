@@ -119,19 +119,17 @@ class GMMDetector:
             raise RuntimeError("nothing to save: fit first")
         path = Path(path)
         scaler, gmm = self.pipeline_["scaler"], self.pipeline_["gmm"]
-        arrays = {"scaler_mean": scaler.mean_, "scaler_scale": scaler.scale_, "scaler_var": scaler.var_}
+        arrays, scaler_meta = _scaler_state(scaler)
         arrays.update({f"gmm_{name}": getattr(gmm, name) for name in GMM_STATE})
-        meta = {"kind": "gmm", "settings": asdict(self), "best_params": self.best_params_, "n_features": int(scaler.n_features_in_),
-                "covariance_type": gmm.covariance_type, "n_components": int(gmm.n_components), "n_samples_seen": int(scaler.n_samples_seen_)}
+        meta = {"kind": "gmm", "settings": asdict(self), "best_params": self.best_params_, **scaler_meta,
+                "covariance_type": gmm.covariance_type, "n_components": int(gmm.n_components)}
         _write(path, meta, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> "GMMDetector":
         meta, arrays = _read(path, "gmm")
         det = cls(**meta["settings"])
-        scaler = StandardScaler()
-        scaler.mean_, scaler.scale_, scaler.var_ = arrays["scaler_mean"], arrays["scaler_scale"], arrays["scaler_var"]
-        scaler.n_features_in_, scaler.n_samples_seen_ = meta["n_features"], meta["n_samples_seen"]
+        scaler = _scaler_from(arrays, meta)
         gmm = GaussianMixture(meta["n_components"], covariance_type=meta["covariance_type"])
         for name in GMM_STATE:
             setattr(gmm, name, arrays[f"gmm_{name}"])
@@ -262,20 +260,17 @@ class SoftMinKNNDetector:
         """`path`.json (settings, calibration) + `path`.npz (scaler, standardised references, their indices)."""
         if self.references_ is None:
             raise RuntimeError("nothing to save: fit first")
-        arrays = {"scaler_mean": self.scaler_.mean_, "scaler_scale": self.scaler_.scale_, "scaler_var": self.scaler_.var_,
-                  "references": self.references_, "selected": self.selected_,
-                  "calibration": np.array([self.calibration_mean_, self.calibration_std_])}
-        meta = {"kind": "softmin_knn", "settings": asdict(self), "n_features": int(self.scaler_.n_features_in_),
-                "n_samples_seen": int(self.scaler_.n_samples_seen_), "n_references": len(self.references_)}
+        arrays, scaler_meta = _scaler_state(self.scaler_)
+        arrays.update({"references": self.references_, "selected": self.selected_,
+                       "calibration": np.array([self.calibration_mean_, self.calibration_std_])})
+        meta = {"kind": "softmin_knn", "settings": asdict(self), **scaler_meta, "n_references": len(self.references_)}
         _write(Path(path), meta, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> "SoftMinKNNDetector":
         meta, arrays = _read(path, "softmin_knn")
         det = cls(**meta["settings"])
-        scaler = StandardScaler()
-        scaler.mean_, scaler.scale_, scaler.var_ = arrays["scaler_mean"], arrays["scaler_scale"], arrays["scaler_var"]
-        scaler.n_features_in_, scaler.n_samples_seen_ = meta["n_features"], meta["n_samples_seen"]
+        scaler = _scaler_from(arrays, meta)
         det.scaler_, det.references_, det.selected_ = scaler, arrays["references"], arrays["selected"]
         det.calibration_mean_, det.calibration_std_ = (float(v) for v in arrays["calibration"])
         return det
@@ -306,6 +301,20 @@ def grid_search(x: np.ndarray, make, components: list[int], covariances: list[st
     best = int(np.argmax(means))  # first maximum, as GridSearchCV's rank 1
     results = [{"covariance_type": cov, "n_components": k, "mean_test_loglik": float(m)} for (cov, k), m in zip(grid, means)]
     return {"gmm__covariance_type": grid[best][0], "gmm__n_components": grid[best][1]}, results
+
+
+def _scaler_state(scaler: StandardScaler) -> tuple[dict, dict]:
+    """A fitted StandardScaler as (arrays, JSON fields), for detectors saved without pickle."""
+    arrays = {"scaler_mean": scaler.mean_, "scaler_scale": scaler.scale_, "scaler_var": scaler.var_}
+    return arrays, {"n_features": int(scaler.n_features_in_), "n_samples_seen": int(scaler.n_samples_seen_)}
+
+
+def _scaler_from(arrays, meta: dict) -> StandardScaler:
+    """The StandardScaler that `_scaler_state` saved."""
+    scaler = StandardScaler()
+    scaler.mean_, scaler.scale_, scaler.var_ = arrays["scaler_mean"], arrays["scaler_scale"], arrays["scaler_var"]
+    scaler.n_features_in_, scaler.n_samples_seen_ = meta["n_features"], meta["n_samples_seen"]
+    return scaler
 
 
 def _write(path: Path, meta: dict, arrays: dict) -> None:
