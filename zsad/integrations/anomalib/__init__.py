@@ -1,0 +1,35 @@
+"""zsad in anomalib (docs/anomalib.md): a split-conformal threshold with a stated false-alarm rate for any anomalib model.
+
+    from zsad.integrations.anomalib import ConformalPostProcessor
+    model = Padim(post_processor=ConformalPostProcessor(false_alarm_rate=0.05))
+
+Importing this package needs no anomalib: the calibration arithmetic (`calibration`) is plain numpy. The first use of
+`ConformalPostProcessor` checks the installed anomalib against the tested range and imports it; a missing, untested or
+broken anomalib is an `AnomalibVersionError` that names the range and `pip install "zsad[anomalib]"`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zsad.integrations.anomalib.version import REQUIREMENT, TESTED, AnomalibVersionError, check_version, installed_version, require_anomalib
+
+_LAZY = {"ConformalPostProcessor": "zsad.integrations.anomalib.conformal"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        try:
+            module = importlib.import_module(_LAZY[name])
+        except ImportError as err:
+            if isinstance(err, AnomalibVersionError):
+                raise
+            raise AnomalibVersionError(f"anomalib could not be imported ({err}); zsad's anomalib integration needs {REQUIREMENT} (tested with "
+                                       f'{TESTED}): pip install "zsad[anomalib]"') from err
+        return getattr(module, name)
+    raise AttributeError(f"module 'zsad.integrations.anomalib' has no attribute '{name}'")
+
+
+__all__ = ["ConformalPostProcessor", "AnomalibVersionError", "REQUIREMENT", "TESTED", "check_version", "installed_version", "require_anomalib"]
