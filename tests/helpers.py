@@ -123,3 +123,21 @@ def level_coded(shape: tuple) -> np.ndarray:
         for j in range(GRID):
             img[i * bh : (i + 1) * bh, j * bw : (j + 1) * bw] = 10 + 15 * (i * GRID + j)
     return img if len(shape) == 2 else np.repeat(img[..., None], shape[2], axis=2)
+
+
+class IsotropicGaussianBackbone(Backbone):
+    """The exact denoiser for data N(0, s²I): x_t ~ N(0, v_t·I) with v_t = s²ᾱ_t + 1 − ᾱ_t, so the score is −x_t/v_t
+    and ε̂ = −σ_t·score = σ_t·x_t/v_t (σ_t = sqrt(1 − ᾱ_t)); the score's Jacobian trace is −d/v_t."""
+
+    def __init__(self, scale: float = 0.5, image_size: int = 4, timesteps: int = 1000):
+        super().__init__(cosine_alphas_cumprod(timesteps), image_size, "isotropic-gaussian")
+        self.scale = float(scale)
+
+    def variance(self, t: torch.Tensor) -> torch.Tensor:
+        ab = self.alphas_cumprod[t].to(torch.float64)
+        return self.scale**2 * ab + 1 - ab
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ab = self.alphas_cumprod[t].to(torch.float64)
+        factor = ((1 - ab).sqrt() / self.variance(t)).to(x_t.dtype).view(-1, *[1] * (x_t.ndim - 1))
+        return factor * x_t

@@ -47,6 +47,7 @@ CASES = {
     "recon": {"two_levels": {"levels": [0.1, 0.4], "steps": 3}},
     "diffpath_fused": {"shared_inversion_ssim": {"steps": 4, "v2": {"trajectory": "ddim_inversion", "weighting": "ssim"}}},
     "msma": {"four_levels": {"levels": 4, "time_range": [0.0, 0.5]}},
+    "scoped": {"forward_gaussian_two_probes": {"levels": 3, "time_range": [0.1, 0.7], "probes": 2, "probe": "gaussian", "jvp": "forward"}},
 }
 FLOAT64_RTOL = 1e-10
 # Largest deviation measured from the AVX-512 recording: 1.2e-5 of a feature's spread with plain kernels

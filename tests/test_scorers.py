@@ -20,6 +20,7 @@ FAST = {
     "diffpath_fused": {"steps": 4},
     "msma": {"levels": 3},
     "ufcod": {"steps": 4},
+    "scoped": {"levels": 2},
 }
 
 

@@ -172,10 +172,22 @@ class SoftMinKNNConfig:
 
 
 @dataclass
+class ScopedKDEConfig:
+    """SCOPED's detector (zsad.scoring.scoped_detector.ScopedKDEDetector); docs/method.md §3.6 says which option is the paper's."""
+
+    statistic: str = "ratio"  # ratio | hyvarinen | both
+    select: Optional[int] = 2  # levels kept (null or 0: all the scorer computed)
+    selection: str = "stein"  # stein | spread | all, on ID-train features only
+    bandwidth: Any = "scott"  # a positive number, or scott | silverman
+    standardize: bool = True
+
+
+@dataclass
 class DetectorConfig:
     gmm: GMMConfig = field(default_factory=GMMConfig)
     kde: KDEConfig = field(default_factory=KDEConfig)
     softmin_knn: SoftMinKNNConfig = field(default_factory=SoftMinKNNConfig)
+    scoped_kde: ScopedKDEConfig = field(default_factory=ScopedKDEConfig)
 
 
 @dataclass

@@ -5,6 +5,9 @@ with the fast path on). `make bench` measures each part against the plain path i
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -29,3 +32,21 @@ def set_fast_path(backbone: nn.Module, sdpa: bool = True, channels_last: bool = 
 def as_input(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """x in the memory format the network's weights use."""
     return x.contiguous(memory_format=torch.channels_last) if getattr(backbone, "channels_last", False) else x
+
+
+@contextmanager
+def plain_attention(backbone: nn.Module) -> Iterator[None]:
+    """Attention on the plain path for the duration (fused attention back as it was after): forward-mode AD needs
+    it, as torch 2.14's fused CPU attention kernel has no forward-mode rule and denoising-diffusion-pytorch's
+    `Attend` picks its kernels itself."""
+    saved = []
+    for module in backbone.modules():
+        for name in ("use_sdpa", "flash"):
+            if hasattr(module, name) and (name == "use_sdpa" or type(module).__name__ == "Attend"):
+                saved.append((module, name, getattr(module, name)))
+                setattr(module, name, False)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)

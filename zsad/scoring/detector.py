@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from zsad.errors import ConfigError
+from zsad.scoring.scoped_detector import ScopedKDEDetector
 from zsad.scoring.ufcod_detector import PARITY_FLOOR, SELECTIONS, knn_distances, select_references, soft_min
 
 GMM_STATE = ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_")
@@ -340,18 +341,18 @@ def _read(path: str | Path, kind: str) -> tuple[dict, dict]:
         return meta, {k: data[k] for k in data.files}
 
 
-DETECTORS = {"gmm": GMMDetector, "kde": KDEDetector, "softmin_knn": SoftMinKNNDetector}
+DETECTORS = {"gmm": GMMDetector, "kde": KDEDetector, "softmin_knn": SoftMinKNNDetector, "scoped_kde": ScopedKDEDetector}
 
 
 def load_detector(path: str | Path):
-    """Load a saved detector (GMMDetector, KDEDetector, SoftMinKNNDetector) by the kind recorded in its JSON."""
+    """Load a saved detector (GMMDetector, KDEDetector, SoftMinKNNDetector, ScopedKDEDetector) by the kind recorded in its JSON."""
     kind = json.loads(Path(path).with_suffix(".json").read_text()).get("kind")
     if kind not in DETECTORS:
         raise ValueError(f"{path}: unknown detector kind '{kind}'")
     return DETECTORS[kind].load(path)
 
 
-def make_detector(kind: str, detector_cfg) -> GMMDetector | KDEDetector | SoftMinKNNDetector:
+def make_detector(kind: str, detector_cfg) -> GMMDetector | KDEDetector | SoftMinKNNDetector | ScopedKDEDetector:
     """A detector of `kind` (a scorer's `detector`: gmm | kde | softmin_knn) with the settings of a config's
     `detector:` section for it; the detector's defaults when the section has none."""
     from omegaconf import OmegaConf
@@ -367,6 +368,10 @@ def describe_detector(detector) -> str:
     """The settings a detector was fitted with, in a few words (chosen by model selection when grid)."""
     if isinstance(detector, KDEDetector):
         return f"KDE, bandwidth {detector.bandwidth:g}"
+    if isinstance(detector, ScopedKDEDetector):
+        bw = detector.kde_.bandwidth_ if detector.kde_ is not None else detector.bandwidth
+        return (f"SCOPED KDE of the {detector.statistic} statistic at levels {list(map(int, detector.levels_))} "
+                f"(chosen by {detector.selection} on ID data), bandwidth {bw:.3g}")
     if isinstance(detector, SoftMinKNNDetector):
         n = len(detector.references_) if detector.references_ is not None else detector.n_references
         return (f"soft-min kNN (k {detector.k}, T {detector.temperature:g}) over {n} references by {detector.selection} "

@@ -14,9 +14,10 @@ from zsad.scoring.scorers.diffpath_v2 import DiffPathV2
 from zsad.scoring.scorers.fused import DiffPathFused
 from zsad.scoring.scorers.msma import MSMA
 from zsad.scoring.scorers.recon import Recon
+from zsad.scoring.scorers.scoped import SCOPED
 from zsad.scoring.scorers.ufcod import UFCOD
 
-SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (DiffPathV2, DiffPath6D, DiffPath1D, Recon, DiffPathFused, MSMA, UFCOD)}
+SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (DiffPathV2, DiffPath6D, DiffPath1D, Recon, DiffPathFused, MSMA, UFCOD, SCOPED)}
 
 # The scorer that computes the paper's method (DiffPathV2 as its abstract describes it), and zsad's own
 # recommended detector (the best mean near-shift AUROC over both offline benchmarks), which is the default
