@@ -8,10 +8,12 @@ zsad/detection/maps.py); neither anomalib nor Lightning is needed here, so the a
   above it. k = 0 is refused, naming the calibration size α needs (⌈1/α⌉ − 1).
 * Map threshold: the k-th largest of the calibration images' map maxima, so a normal image shows any predicted-mask pixel
   with probability at most α (the image guarantee applied to the map's maximum), as `zsad fit` outlines.
-* Normalisation into [0, 1] (what anomalib's metrics and visualiser expect): zsad's colour scale puts a typical normal value
-  (the calibration median) at 0 and the threshold at ½; a logistic of slope 1 at ½, σ(4(u − ½)), then maps that scale into
-  (0, 1) without clamping, so it preserves the order of scores (anomalib's own normalisation clamps, which ties every score
-  beyond its range). In float32 the logistic saturates to 1 only beyond about 9 times the threshold's distance from the median.
+* Normalisation into [0, 1] (what anomalib's metrics and visualiser expect): zsad's colour scale (zsad/detection/maps.py)
+  runs from a typical normal value (the calibration median) to as far above the threshold t as t is above it; with
+  z = (x − t) / (t − median), the value is ½ + z / (2(1 + |z|)): the median goes to 0.25, t to 0.5 (slope 1 there on the colour
+  scale, as anomalib's linear map), and nothing is clamped, so the order of scores is kept. anomalib's own normalisation clamps
+  to [0, 1] and ties every score beyond its range; a logistic would tie every score beyond about 9 times t's distance from the
+  median at 1.0 in float32, while this map's algebraic tail keeps scores apart up to about 10⁷ times that distance.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Optional
 import numpy as np
 
 from zsad.detection.conformal import check_rate, flag_rank, is_anomaly, min_calibration, p_values, rate_spread, threshold
-from zsad.detection.maps import colour_scale, map_threshold
+from zsad.detection.maps import map_threshold
 from zsad.errors import ConfigError
 
 
@@ -90,19 +92,29 @@ class Calibration:
         return map_threshold(self.map_maxima, self.require_rate(alpha))
 
     def image_scale(self, alpha: float) -> tuple[float, float]:
-        """zsad's colour scale for image scores: (median calibration score, twice the threshold's distance above it)."""
-        return colour_scale(float(np.median(self.scores)), self.image_threshold(alpha), float(self.scores.max()))
+        """(threshold, unit) of image scores: the image threshold and its distance above the median calibration score."""
+        return _scale(self.image_threshold(alpha), float(np.median(self.scores)), float(self.scores.max() - self.scores.min()))
 
     def map_scale(self, alpha: float) -> tuple[float, float]:
-        """zsad's colour scale for maps: (median of the calibration maps' medians, twice the threshold's distance above it)."""
-        return colour_scale(float(np.median(self.map_medians)), self.map_threshold(alpha), float(self.map_top))
+        """(threshold, unit) of maps: the map threshold and its distance above the median of the calibration maps' medians."""
+        return _scale(self.map_threshold(alpha), float(np.median(self.map_medians)), float(self.map_top - self.map_medians.min()))
+
+
+def _scale(thresh: float, typical: float, spread: float) -> tuple[float, float]:
+    """(threshold, unit) for `normalise`; where the threshold is not above the median (α ≥ ½, tied scores) the unit is the
+    calibration's spread instead, so the scale keeps a width."""
+    unit = thresh - typical if thresh > typical else spread if spread > 0 else 1.0
+    return thresh, unit
 
 
 def normalise(values: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-    """Values into (0, 1), order preserved: u = (x − vmin) / (vmax − vmin) puts the threshold at ½, then σ(4(u − ½))."""
-    vmin, vmax = scale
-    u = (np.asarray(values, dtype=np.float64) - vmin) / max(vmax - vmin, 1e-12)
-    return 0.5 * (1.0 + np.tanh(2.0 * (u - 0.5)))  # = 1 / (1 + exp(−4(u − ½))), without overflow warnings
+    """Values into (0, 1), order kept: z = (x − threshold) / unit ↦ ½ + z / (2(1 + |z|)).
+
+    On zsad's colour scale (zsad.detection.maps.colour_scale: from the typical value to as far above the threshold as the
+    threshold is above it) z runs from −1 to 1, so this is that scale with a slope-1 middle and tails that never clamp."""
+    thresh, unit = scale
+    z = (np.asarray(values, dtype=np.float64) - thresh) / unit
+    return 0.5 + z / (2.0 * (1.0 + np.abs(z)))
 
 
 def card_text(calibration: Calibration, alpha: float, source: str = "", excluded: int = 0, model: str = "") -> str:
