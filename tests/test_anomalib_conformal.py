@@ -253,12 +253,42 @@ def test_anomalibs_own_threshold_on_the_same_normal_only_validation(fitted, capl
     raw = fitted["raw"]
     normal = raw["label"] == 0
     theirs_flag = theirs(InferenceBatch(pred_score=torch.from_numpy(raw["score"][normal]))).pred_label.numpy().ravel()
-    lo, hi = betabinom(int(normal.sum()), 1, len(cal)).interval(0.999)  # above the largest of n exchangeable scores: k = 1
-    assert lo <= theirs_flag.sum() <= hi
-    ours = fitted["pred"]["flag"][fitted["pred"]["label"] == 0]
-    print(f"\nheld-out normals flagged, n_cal = {len(cal)} normal validation images, m = {int(normal.sum())}: "
-          f"conformal α = {ALPHA}: {ours.sum()} ({ours.mean():.1%}); anomalib's F1AdaptiveThreshold: {theirs_flag.sum()} ({theirs_flag.mean():.1%}, "
-          f"1/(n+1) = {1 / (len(cal) + 1):.1%})")
+    t_lo, t_hi = betabinom(int(normal.sum()), 1, len(cal)).interval(0.999)  # above the largest of n exchangeable scores: k = 1
+    assert t_lo <= theirs_flag.sum() <= t_hi
+    m, report = int(normal.sum()), []
+    for alpha in (0.05, 0.1, ALPHA):  # the same calibration decides at any α (zsad score --false-alarm-rate does likewise)
+        ours = fitted["pp"].calibration.decide(raw["score"][normal], alpha)
+        k = conformal.flag_rank(alpha, len(cal))
+        lo, hi = betabinom(m, k, len(cal) - k + 1).interval(0.999)
+        assert lo <= ours.sum() <= hi, (alpha, ours.sum(), lo, hi)
+        report.append(f"conformal α = {alpha}: {ours.sum()} ({ours.mean():.1%}, band {lo:.0f}–{hi:.0f})")
+    print(f"\nheld-out normals flagged, n_cal = {len(cal)} normal validation images, m = {m}: {'; '.join(report)}; anomalib's "
+          f"F1AdaptiveThreshold: {theirs_flag.sum()} ({theirs_flag.mean():.1%}, band {t_lo:.0f}–{t_hi:.0f}, 1/(n+1) = {1 / (len(cal) + 1):.1%})")
+
+
+def test_mean_false_alarm_rates_over_validation_splits(fitted):
+    """The 300 normal test images' distinct raw Padim scores split at random into n validation and the rest held out, 1,000
+    times: anomalib's normal-only rule (the highest validation score, as checked above) flags 1/(n + 1) of new normals
+    whatever rate was wanted; the conformal threshold flags k/(n + 1) ≤ α, the rate chosen (both exact for exchangeable
+    scores, so the means land within 0.01)."""
+    val, raw = fitted["val_raw"], fitted["raw"]
+    # distinct scores, so that the rates are exact (the coin generator repeats a few of its 8 poses × 49 shifts among 300 crops)
+    pool = np.unique(np.concatenate([val["score"][val["label"] == 0], raw["score"][raw["label"] == 0]]).astype(np.float64))
+    assert len(pool) > 250
+    rng, lines = np.random.default_rng(0), []
+    for n in (20, 50, 150):
+        theirs, ours = [], {alpha: [] for alpha in (0.05, 0.1, 0.2)}
+        for _ in range(1000):
+            perm = rng.permutation(len(pool))
+            cal, new = Calibration(pool[perm[:n]]), pool[perm[n:]]
+            theirs.append((new > cal.scores.max()).mean())
+            for alpha in ours:
+                ours[alpha].append(cal.decide(new, alpha).mean())
+        assert abs(np.mean(theirs) - 1 / (n + 1)) < 0.01
+        for alpha, rates in ours.items():
+            assert abs(np.mean(rates) - conformal.flag_rank(alpha, n) / (n + 1)) < 0.01 and np.mean(rates) <= alpha + 0.01
+        lines.append(f"n = {n}: anomalib {np.mean(theirs):.1%}; " + ", ".join(f"α = {a}: {np.mean(r):.1%}" for a, r in ours.items()))
+    print("\nmean false-alarm rate on held-out normals over 1,000 splits: " + " | ".join(lines))
 
 
 def test_the_conformal_state_round_trips_through_a_checkpoint_in_a_new_process(fitted, tmp_path):
