@@ -58,7 +58,7 @@ def test_isotropic_gaussian_trace_is_exact():
     for t in (10, 300, 900):
         ts = torch.tensor([t])
         sigma, v = math.sqrt(1 - float(backbone.alphas_cumprod[t])), float(backbone.variance(ts))
-        jac = torch.autograd.functional.jacobian(lambda z: -backbone.predict_eps(z, ts) / sigma, x).reshape(x.numel(), x.numel())
+        jac = torch.autograd.functional.jacobian(lambda z, ts=ts, sigma=sigma: -backbone.predict_eps(z, ts) / sigma, x).reshape(x.numel(), x.numel())
         assert float(jac.trace()) == pytest.approx(-x.numel() / v, rel=1e-13)
         est, _ = _hutchinson(backbone, x, t, 8, "rademacher", "reverse")
         np.testing.assert_allclose(est, -x.numel() / v, rtol=1e-13)
@@ -174,3 +174,44 @@ def test_levels_are_chosen_on_id_data_only(smoke_checkpoint, tmp_path):
         fitted = load_detector(out / "detectors" / "scoped" / "gradients")
         assert meta["levels"] == choose_levels(fitted.train_, 2, "stein").tolist()
     assert levels[0] == levels[1] and len(levels[0]) == 2
+
+
+@pytest.mark.parametrize("scorer,kind", [("scoped", "ScopedKDEDetector"), ("ufcod", "SoftMinKNNDetector")])
+def test_zsad_fit_uses_the_methods_own_detector(scorer, kind, trained_checkpoint, tmp_path):
+    """`zsad fit --scorer scoped|ufcod` fits SCOPED's KDE / UFCOD's soft-min kNN (not a Gaussian mixture), and the
+    saved folder scores the same after loading."""
+    from PIL import Image
+
+    from zsad import AnomalyDetector
+    from zsad.data import make_builtin
+    from zsad.detection.card import card_text
+
+    for i, a in enumerate(make_builtin("clouds", "train", 40)):
+        (tmp_path / "normal").mkdir(exist_ok=True)
+        Image.fromarray(a).save(tmp_path / "normal" / f"n{i:03d}.png")
+    options = {"levels": 2} if scorer == "scoped" else {"steps": 2}
+    det = AnomalyDetector.fit(tmp_path / "normal", backbone=str(trained_checkpoint), scorer=scorer, scorer_options=options,
+                              false_alarm_rate=0.2, working_size=16, device="cpu", cache_dir=tmp_path / "cache", batch_size=20, network_batch=20)
+    assert type(det.detector).__name__ == kind
+    assert "Gaussian mixture" not in card_text(det)
+    noise = torch.from_numpy(make_builtin("noise", "test", 6)).permute(0, 3, 1, 2).float() / 255
+    before = det.score(noise)
+    det.save(tmp_path / "det")
+    again = AnomalyDetector.load(tmp_path / "det", device="cpu")
+    assert type(again.detector).__name__ == kind
+    np.testing.assert_array_equal(again.score(noise).scores, before.scores)
+
+
+def test_tile_position_is_refused_for_detectors_that_read_columns(tmp_path):
+    from conftest import run_inprocess
+
+    from PIL import Image
+
+    (tmp_path / "normal").mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 16), (i, 2 * i, 3 * i)).save(tmp_path / "normal" / f"{i}.png")
+    result = run_inprocess("fit", str(tmp_path / "normal"), "-o", str(tmp_path / "det"), "--scorer", "scoped", "--tile-position",
+                           "--backbone", "random")
+    assert result.returncode != 0
+    assert "Leave --tile-position off" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from zsad.detection.conformal import min_calibration, rate_spread
+from zsad.scoring.detector import GMMDetector, describe_detector
 
 
 def card_text(det: Any) -> str:
@@ -44,9 +45,7 @@ def card_text(det: Any) -> str:
         f"| backbone | `{info.get('backbone')}` (sha256 `{recipe.weights_sha256[:16]}…`) |",
         f"| scorer | `{recipe.scorer_name}` version {recipe.scorer_version}: {det.scorer.feature_names.__len__()} features per tile |",
         f"| tiles | {tiles}; {det.network_evaluations_per_image():,} network evaluations per image |",
-        f"| detector | Gaussian mixture on the standardised tile features{' and tile positions' if det.tile_position else ''} "
-        f"({det.detector.best_params_.get('gmm__n_components')} components, {det.detector.best_params_.get('gmm__covariance_type')} covariance, "
-        "chosen by cross-validated likelihood) |",
+        detector_line(det),
         f"| image score | the {'maximum' if maps.aggregation == 'max' else f'mean of the top {maps.top_k:.0%}'} of the tile map (tile scores standardised "
         "by the fit tiles', blended) |",
         f"| target false-alarm rate | α = {alpha:g} |",
@@ -57,6 +56,15 @@ def card_text(det: Any) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def detector_line(det: Any) -> str:
+    """The card's detector row: what was fitted on the tile features, in words."""
+    if isinstance(det.detector, GMMDetector):
+        p = det.detector.best_params_
+        return (f"| detector | Gaussian mixture on the standardised tile features{' and tile positions' if det.tile_position else ''} "
+                f"({p.get('gmm__n_components')} components, {p.get('gmm__covariance_type')} covariance, chosen by cross-validated likelihood) |")
+    return f"| detector | {describe_detector(det.detector)}, on the tile features |"
 
 
 def write_card(folder: Path, det: Any) -> Path:

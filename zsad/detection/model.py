@@ -36,7 +36,7 @@ from zsad.detection.split import split_normal
 from zsad.diffusion.backbone import Backbone
 from zsad.diffusion.loading import load_backbone
 from zsad.errors import ConfigError, ZsadError
-from zsad.scoring.detector import GMMDetector, load_detector
+from zsad.scoring.detector import GMMDetector, load_detector, make_detector
 from zsad.scoring.extraction import configure_precision, extract_features
 from zsad.scoring.feature_cache import FeatureCache
 from zsad.scoring.recipe import FeatureRecipe, RecipeMismatchError, recipe_for
@@ -135,6 +135,10 @@ class AnomalyDetector:
         fit part and a calibration part, fit the detector on the fit part's tile features, calibrate on the rest."""
         t0 = time.time()
         alpha = conformal.check_rate(false_alarm_rate)
+        kind = build_scorer(scorer, **(scorer_options or {})).detector
+        if tile_position and kind != "gmm":  # before reading any image
+            raise ConfigError(f"--tile-position adds the tile's centre to a Gaussian mixture's features; scorer '{scorer}' is fitted by "
+                              f"its own {kind} detector, which reads its features by column. Leave --tile-position off.")
         images = as_images(normal)
         skipped: list[str] = []
         if skip_corrupt:  # before the split, so that the calibration part keeps the size the rate needs
@@ -219,7 +223,11 @@ class AnomalyDetector:
         return rows.numpy()
 
     def _fit_density(self, rows: np.ndarray) -> None:
-        self.detector = GMMDetector(**FIT_DETECTOR).fit(rows)
+        """The scorer's own detector on the fit part's tile rows: a Gaussian mixture chosen by cross-validation for the
+        GMM scorers, the method's detector with its defaults for the others (DiffPath-1D's KDE, UFCOD's soft-min kNN,
+        SCOPED's KDE with its ID-only level choice)."""
+        kind = self.scorer.detector
+        self.detector = (GMMDetector(**FIT_DETECTOR) if kind == "gmm" else make_detector(kind, None)).fit(rows)
         fit_scores = self.detector.score(rows)
         self.maps.tile_mean, self.maps.tile_std = float(fit_scores.mean()), float(max(fit_scores.std(), 1e-12))
 
