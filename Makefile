@@ -58,8 +58,9 @@ real32: $(BIN)/zsad ## the 32 px real-image benchmark: train ~1 h on CPU, evalua
 ad-demo: $(BIN)/zsad ## offline industrial defect benchmark: MVTec-layout data from package images, fit + test (outputs/ad-demo/)
 	bash experiments/ad_demo/run.sh $(ARGS)
 
-bench: $(BIN)/zsad ## CPU speed: scorer images/s before/after the fast path, GMM selection time (outputs/bench/)
+bench: $(BIN)/zsad ## CPU speed: scorer images/s before/after the fast path, GMM selection time, SCOPED's JVP cost (outputs/bench/)
 	$(BIN)/python bench/bench_scorers.py $(ARGS)
+	$(BIN)/python bench/bench_jvp.py
 
 bench-tiles: $(BIN)/zsad ## CPU cost of localisation by tiles: one image at 256 px through the default detector (outputs/bench/)
 	$(BIN)/python bench/bench_tiles.py $(ARGS)

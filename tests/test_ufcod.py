@@ -192,3 +192,17 @@ def test_runs_through_zsad_evaluate(smoke_checkpoint, tmp_path):
     assert results["extractions"]["derived"] >= 5, "ufcod's features come from diffpath_6d's, no second inversion"
     det = load_detector(out / "detectors" / "ufcod" / "gradients")
     assert isinstance(det, SoftMinKNNDetector) and det.mode == "zsad" and len(det.references_) == 48
+
+
+def test_published_column_holds_like_with_like_only():
+    """UFCOD's README numbers appear only beside a backbone trained on CelebA (DiffPath's CelebA-32 family)."""
+    from types import SimpleNamespace
+
+    from zsad.evaluation.evaluate import published_auroc
+    from zsad.scoring.scorers import build_scorer
+
+    ufcod = build_scorer("ufcod")
+    assert published_auroc(ufcod, SimpleNamespace(trained_on="celeba"), "cifar10", "svhn") == 0.951
+    assert published_auroc(ufcod, SimpleNamespace(trained_on="celeba"), "cifar10", "cifar100") is None  # not in its README
+    assert published_auroc(ufcod, SimpleNamespace(trained_on="shapes"), "cifar10", "svhn") is None
+    assert published_auroc(build_scorer("scoped"), SimpleNamespace(trained_on="celeba"), "cifar10", "svhn") is None
