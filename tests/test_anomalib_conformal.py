@@ -9,7 +9,6 @@ by construction.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -183,7 +182,8 @@ def _outputs(batches) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """Padim fitted on 60 normal coins and calibrated at α = 0.2 on the normal half of the test folder's validation share
-    (150 normal, 4 anomalous images); the other 150 normal and 4 anomalous test images predicted (normalised, and raw)."""
+    (150 normal, 4 anomalous images); the other 150 normal and 4 anomalous test images, and the validation images, predicted
+    with raw scores and maps (the normalised ones come from the checkpoint in a new process, below)."""
     pytest.importorskip("anomalib")
     from lightning.pytorch import seed_everything
 
@@ -196,19 +196,17 @@ def fitted(tmp_path_factory):
     pp = ConformalPostProcessor(false_alarm_rate=ALPHA)
     model, engine, dm = _padim(pp), _engine(root), _datamodule(root)
     engine.fit(model, datamodule=dm)
-    predicted = _outputs(engine.predict(model, datamodule=dm))
     pp.enable_normalization = False
-    raw = _outputs(engine.predict(model, datamodule=dm))
-    val_raw = _outputs(engine.predict(model, dataloaders=dm.val_dataloader()))
+    raw, val_raw = map(_outputs, engine.predict(model, dataloaders=[dm.test_dataloader(), dm.val_dataloader()]))
     pp.enable_normalization = True
-    return {"root": root, "pp": pp, "model": model, "engine": engine, "dm": dm, "pred": predicted, "raw": raw, "val_raw": val_raw,
+    return {"root": root, "pp": pp, "model": model, "engine": engine, "dm": dm, "raw": raw, "val_raw": val_raw,
             "ckpt": Path(engine.trainer.checkpoint_callback.best_model_path)}
 
 
 def test_held_out_normals_are_flagged_at_the_stated_rate(fitted):
     """m held-out normal images: the flag count lies inside the 99.9% interval of beta-binomial(m, k, n_cal − k + 1), a band
     that excludes a detector flagging at 2α."""
-    pp, pred = fitted["pp"], fitted["pred"]
+    pp, pred = fitted["pp"], fitted["raw"]
     n_cal = len(pp.calibration_scores)
     normal = pred["label"] == 0
     m, flagged = int(normal.sum()), int(pred["flag"][normal].sum())
@@ -216,12 +214,10 @@ def test_held_out_normals_are_flagged_at_the_stated_rate(fitted):
     lo, hi = betabinom(m, k, n_cal - k + 1).interval(0.999)
     assert n_cal == 150 and m == 150 and hi < 2 * ALPHA * m
     assert lo <= flagged <= hi, f"{flagged} of {m} held-out normals flagged; the law allows {lo:.0f}–{hi:.0f}"
-    assert np.array_equal(pred["flag"], pred["p"] <= ALPHA) and np.array_equal(pred["flag"], pred["score"] > 0.5)
-    assert ((pred["score"] > 0) & (pred["score"] < 1)).all() and ((pred["map"] >= 0) & (pred["map"] <= 1)).all()
+    assert np.array_equal(pred["flag"], pred["p"] <= ALPHA) and np.array_equal(pred["flag"], pred["score"] > pp.calibration.image_threshold(ALPHA))
     # Padim's score is its map's maximum: the map threshold is the image threshold, so a pixel is masked exactly when flagged
     assert np.array_equal(pp.calibration_scores.numpy(), pp.calibration_map_maxima.numpy())
-    assert np.array_equal(pred["mask_any"], pred["flag"]) and np.array_equal(pred["mask_any"], (pred["map"] > 0.5).any(axis=1))
-    assert np.array_equal(pred["flag"], fitted["raw"]["flag"]) and np.array_equal(pred["p"], fitted["raw"]["p"]), "normalisation changes no decision"
+    assert np.array_equal(pred["mask_any"], pred["flag"])
     print(f"\nconformal α = {ALPHA}: {flagged} of {m} held-out normals flagged (band {lo:.0f}–{hi:.0f}); "
           f"{int(pred['flag'][~normal].sum())} of {int((~normal).sum())} defects")
 
@@ -293,27 +289,31 @@ def test_mean_false_alarm_rates_over_validation_splits(fitted):
 
 def test_the_conformal_state_round_trips_through_a_checkpoint_in_a_new_process(fitted, tmp_path):
     """Engine().predict(model, ckpt_path=...) in a fresh process, its post-processor built at the default α = 0.05: α = 0.2
-    and the calibration come back from the checkpoint, and every decision, p-value and score is identical."""
-    out = tmp_path / "out.json"
+    and the calibration come back from the checkpoint, every decision and p-value is the one made in this process, and the
+    normalised scores and maps are calibration.normalise of the raw ones (threshold at ½, inside (0, 1))."""
+    out = tmp_path / "out.npz"
     script = textwrap.dedent(f"""
-        import json, sys
+        import sys
         sys.path.insert(0, {str(REPO / "tests")!r})
         from pathlib import Path
+        import numpy as np
         from test_anomalib_conformal import _datamodule, _engine, _outputs, _padim
         from zsad.integrations.anomalib import ConformalPostProcessor
         root = Path({str(fitted["root"])!r})
         pp = ConformalPostProcessor()
         res = _outputs(_engine(root).predict(_padim(pp), datamodule=_datamodule(root), ckpt_path={str(fitted["ckpt"])!r}))
-        json.dump({{"alpha": pp.false_alarm_rate, "n_cal": len(pp.calibration_scores), "source": pp.calibration_source,
-                   **{{k: v.tolist() for k, v in res.items()}}}}, open({str(out)!r}, "w"))
+        np.savez({str(out)!r}, alpha=pp.false_alarm_rate, n_cal=len(pp.calibration_scores), source=pp.calibration_source, **res)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    again, pred = json.loads(out.read_text()), fitted["pred"]
-    assert again["alpha"] == ALPHA and again["n_cal"] == 150 and again["source"] == "Folder, val_split_mode from_test"
-    for key in ("path", "flag", "p", "score"):
-        assert np.array_equal(np.asarray(again[key]), pred[key]), key
-    assert np.array_equal(np.asarray(again["map"], dtype=np.float32), pred["map"])
+    again, raw, cal = np.load(out), fitted["raw"], fitted["pp"].calibration
+    assert again["alpha"] == ALPHA and again["n_cal"] == 150 and str(again["source"]) == "Folder, val_split_mode from_test"
+    for key in ("path", "flag", "p", "mask_any"):
+        assert np.array_equal(again[key], raw[key]), key
+    assert np.array_equal(again["score"], normalise(raw["score"], cal.image_scale(ALPHA)).astype(np.float32))
+    assert np.array_equal(again["map"], normalise(raw["map"], cal.map_scale(ALPHA)).astype(np.float32))
+    assert np.array_equal(again["flag"], again["score"] > 0.5) and ((again["score"] > 0) & (again["score"] < 1)).all()
+    assert np.array_equal(again["mask_any"], (again["map"] > 0.5).any(axis=1)) and ((again["map"] > 0) & (again["map"] < 1)).all()
 
 
 def test_a_rate_the_calibration_cannot_reach_is_refused_at_predict(fitted):
