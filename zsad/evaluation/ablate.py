@@ -75,7 +75,8 @@ def checked_runs(cfg: DictConfig) -> list[tuple[str, str, dict, DictConfig]]:
 def ablation_row(cfg: DictConfig, label: str, scorer: str, options: dict, result: dict) -> dict[str, Any]:
     """One table row: per-pair AUROC, mean near / far / all with a bootstrap interval, the cost per image."""
     row: dict[str, Any] = {"setting": label, "scorer": scorer, "options": options, "group": _group(cfg, label),
-                           "evaluations_per_image": result["evaluations_per_image"][scorer]}
+                           "evaluations_per_image": result["evaluations_per_image"][scorer],
+                           "forward_equivalents_per_image": result.get("forward_equivalents_per_image", result["evaluations_per_image"])[scorer]}
     for r in result["rows"]:
         row[f"{r['id']}→{r['ood']}"] = r["auroc"]
     for m in result["means"]:

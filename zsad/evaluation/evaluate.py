@@ -284,8 +284,9 @@ def report(run: Run, rows: list[dict], curves: dict, features: dict) -> dict[str
         "wandb": wandb_run_info(run.loggers),
     }
     costs = {s.name: s.network_evaluations_per_image(run.backbone.num_timesteps) for s in run.scorers}
+    forward_equivalents = {s.name: s.forward_equivalents_per_image(run.backbone.num_timesteps) for s in run.scorers}
     return {"rows": rows, "means": means, "table_markdown": md, "output_dir": str(run.out), "plots": [str(p) for p in plots], "timing": timing,
-            "summary": summary, "evaluations_per_image": costs}
+            "summary": summary, "evaluations_per_image": costs, "forward_equivalents_per_image": forward_equivalents}
 
 
 def _plots(run: Run, rows: list[dict], curves: dict) -> list[Path]:

@@ -189,7 +189,7 @@ def write_ablation(out: Path, rows: list[dict], pairs: list[str], reference: str
     out.mkdir(parents=True, exist_ok=True)
     groups = [g for g in ("near", "far", "all") if f"mean_{g}" in rows[0]]
     has_delta = any("delta" in r for r in rows)
-    fields = ["setting", "scorer", "evaluations_per_image", *pairs, *[f"mean_{g}" for g in groups]]
+    fields = ["setting", "scorer", "evaluations_per_image", "forward_equivalents_per_image", *pairs, *[f"mean_{g}" for g in groups]]
     with open(out / "ablation.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(fields + [f"mean_{g}_ci" for g in groups] + (["delta_group", "delta", "delta_low", "delta_high"] if has_delta else []))
@@ -199,10 +199,11 @@ def write_ablation(out: Path, rows: list[dict], pairs: list[str], reference: str
     fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
     ci = lambda r, g: f" [{r[f'mean_{g}_ci'][0]:.3f}, {r[f'mean_{g}_ci'][1]:.3f}]" if r.get(f"mean_{g}_ci") else ""  # noqa: E731
     dgroup = rows[0].get("delta_group", "near")
-    head = ["setting", "scorer", "network evals / image", *pairs, *[f"mean {g}" for g in groups]] + ([f"Δ mean {dgroup} [95% CI]"] if has_delta else [])
+    head = ["setting", "scorer", "network evals / image", "forward-equivalents / image", *pairs, *[f"mean {g}" for g in groups]]
+    head += [f"Δ mean {dgroup} [95% CI]"] if has_delta else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["setting"], r["scorer"], str(r.get("evaluations_per_image", "")), *[fmt(r.get(p)) for p in pairs],
+        cells = [r["setting"], r["scorer"], str(r.get("evaluations_per_image", "")), f"{_cost(r):g}", *[fmt(r.get(p)) for p in pairs],
                  *[f"**{fmt(r[f'mean_{g}'])}**{ci(r, g)}" for g in groups]]
         if has_delta:
             d, lo, hi = r["delta"]
@@ -217,9 +218,15 @@ def write_ablation(out: Path, rows: list[dict], pairs: list[str], reference: str
     (out / "ablation.json").write_text(json.dumps({"pairs": pairs, "reference": reference, "rows": rows}, indent=2, default=str))
 
 
+def _cost(row: dict) -> float:
+    """A row's cost in forward-equivalents per image (network evaluations in tables written before they were priced)."""
+    return float(row.get("forward_equivalents_per_image") or row["evaluations_per_image"])
+
+
 def plot_cost(path: Path, rows: list[dict], benchmark: str, reference: str | None = None) -> Path:
-    """Mean near-shift AUROC (bootstrap interval as error bars) against network evaluations per image, one line
-    per group of settings (a scorer and its cost knob)."""
+    """Mean near-shift AUROC (bootstrap interval as error bars) against forward-equivalents per image (network
+    evaluations, a pass that also differentiates priced at its measured cost), one line per group of settings (a
+    scorer and its cost knob)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,21 +235,22 @@ def plot_cost(path: Path, rows: list[dict], benchmark: str, reference: str | Non
     group = "near" if "mean_near" in rows[0] else "all"
     fig, ax = plt.subplots(figsize=(10, 4.8), dpi=130)
     for name in dict.fromkeys(r["group"] for r in rows if r.get("group")):
-        mine = sorted((r for r in rows if r.get("group") == name), key=lambda r: r["evaluations_per_image"])
-        x = [r["evaluations_per_image"] for r in mine]
+        mine = sorted((r for r in rows if r.get("group") == name), key=_cost)
+        x = [_cost(r) for r in mine]
         y = [r[f"mean_{group}"] for r in mine]
         err = [[r[f"mean_{group}"] - r[f"mean_{group}_ci"][0] for r in mine], [r[f"mean_{group}_ci"][1] - r[f"mean_{group}"] for r in mine]] \
             if all(r.get(f"mean_{group}_ci") for r in mine) else None
         ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, lw=1.2, label=name)
     ref = next((r for r in rows if r["setting"] == reference), None)
     if ref is not None:
-        ax.scatter([ref["evaluations_per_image"]], [ref[f"mean_{group}"]], s=160, facecolors="none", edgecolors="k", zorder=5,
+        ax.scatter([_cost(ref)], [ref[f"mean_{group}"]], s=160, facecolors="none", edgecolors="k", zorder=5,
                    label=f"default: {ref['setting']}")
     ax.set_xscale("log")
-    costs = sorted({r["evaluations_per_image"] for r in rows if r.get("group")})
-    ax.set_xticks(costs, [str(c) for c in costs], fontsize=7)
+    costs = sorted({_cost(r) for r in rows if r.get("group")})
+    ax.set_xticks(costs, [f"{c:g}" for c in costs], fontsize=7)
     ax.minorticks_off()
-    ax.set(xlabel="network evaluations per image (log scale)", ylabel=f"mean {group}-shift AUROC (95% bootstrap interval)",
+    ax.set(xlabel="forward-equivalents per image (log scale; a pass with a vJP or JVP counts its measured cost)",
+           ylabel=f"mean {group}-shift AUROC (95% bootstrap interval)",
            title=f"{benchmark}: AUROC against cost")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

@@ -7,7 +7,8 @@ API) never names one. What a scorer declares:
   network pass (`compute` is the features alone);
 * `sources` and `derive`: when its features are a function of other scorers' features (DiffPath-1D of
   DiffPath-6D's, the fused scorer of its two halves), the pipeline extracts those and derives these;
-* `network_evaluations_per_image` and `rows_per_call`, for cost reports and padding checks;
+* `network_evaluations_per_image`, `forward_equivalents_per_image` and `rows_per_call`, for cost reports and
+  padding checks;
 * `published_auroc`: published numbers of the method, keyed by (ID, OOD) dataset names."""
 
 from __future__ import annotations
@@ -131,6 +132,11 @@ class Scorer:
     def network_evaluations_per_image(self, num_timesteps: int) -> int:
         """Network evaluations (ε̂ calls) each image costs: one per kept step by default."""
         return int(getattr(self, "steps", 1))
+
+    def forward_equivalents_per_image(self, num_timesteps: int) -> float:
+        """What an image costs in plain forward passes: the network evaluations, priced higher where a pass also
+        differentiates (SCOPED's vJP or JVP). The cost plots' axis, so every scorer is priced alike."""
+        return float(self.network_evaluations_per_image(num_timesteps))
 
     def sources(self) -> list["Scorer"]:
         """Scorers whose features determine these without the network (see `derive`); [] when none."""

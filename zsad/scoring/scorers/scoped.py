@@ -29,6 +29,9 @@ PROBE_KINDS = ("rademacher", "gaussian")
 # forward-mode rule). Both are exact up to float rounding; "reverse" measured faster on CPU
 # (docs/speed.md), so it is the default.
 JVP_MODES = ("reverse", "forward")
+# One pass (forward with its vJP or JVP) in plain forwards: `make bench` (bench/bench_jvp.py), DiffPath's CelebA-32
+# UNet, batch 8, 2 CPU cores, plain attention path (docs/speed.md).
+PASS_COST = {"reverse": 2.2, "forward": 4.1}
 
 
 def probes_from(noise: torch.Tensor, kind: str) -> torch.Tensor:
@@ -116,6 +119,9 @@ class SCOPED(Scorer):
     def network_evaluations_per_image(self, num_timesteps: int) -> int:
         """Network passes: one per level and probe, each a forward with its JVP or vJP (forward_equivalents prices them)."""
         return self.levels * self.probes
+
+    def forward_equivalents_per_image(self, num_timesteps: int) -> float:
+        return self.levels * self.probes * PASS_COST[self.jvp]
 
     def rows_per_call(self, batch: int) -> int:
         return batch * self.levels * self.probes
