@@ -30,6 +30,7 @@ from zsad.diffusion.loading import load_backbone
 from zsad.errors import ConfigError, DatasetNotFoundError
 from zsad.evaluation.ad_metrics import PixelMetricAccumulator, decision_rates, image_metrics, mean_over_categories, rate_ci
 from zsad.evaluation.baselines import BASELINES, build_baseline
+from zsad.evaluation.pixel_bootstrap import STORE_FOLDER, CategoryRun, ImagePixelHistograms, method_stem, save_run
 from zsad.scoring.scorers import RECOMMENDED_SCORER
 from zsad.scoring.tiles import BLENDS
 from zsad.utils.console import say
@@ -61,6 +62,9 @@ class IndustrialSettings:
     cache_dir: Optional[str] = "outputs/feature_cache"
     examples: int = 3  # overlays of the best hits and the worst misses per category
     variants: bool = True  # ablation rows of the first scorer: the other map combination and image-score aggregation
+    # Per category and method, each test image's pixel histograms, scores and labels in pixel_store/<category>/<method>.npz:
+    # paired bootstrap intervals between two runs (experiments/paired_ad.py). Opt-in: large maps make large files.
+    pixel_store: bool = False
 
 
 @dataclass
@@ -77,6 +81,8 @@ class Scored:
     style: Optional[OverlayStyle] = None
     alpha: float = 0.05  # the rate the decisions were made at, and the one the row is labelled with
     note: Optional[str] = None  # why the rates are left out
+    pixels: Optional[ImagePixelHistograms] = None  # per-image pixel histograms (settings.pixel_store), else None
+    maps_of: Optional[str] = None  # the method whose maps (and pixel histograms) this row shares
 
 
 def check_inputs(data: str, out: Path, backbone: Optional[str], detector: Optional[str], settings: IndustrialSettings) -> list[LabelledSet]:
@@ -145,19 +151,25 @@ class MapMetrics:
     """Pixel metrics of one method, streamed: each map goes into the binned accumulator as it is made (memory flat in the
     number of test images). The bins come from `sample` (the calibration maps' quantiles), with overflow bins beyond."""
 
-    def __init__(self, sample: Optional[np.ndarray], metric_size: Optional[int], threshold: Optional[float] = None):
+    def __init__(self, sample: Optional[np.ndarray], metric_size: Optional[int], threshold: Optional[float] = None, keep_images: bool = False):
         self.sample, self.metric_size, self.threshold = sample, metric_size, threshold
         self.acc: Optional[PixelMetricAccumulator] = None
+        self.keep_images = keep_images  # also keep each image's histograms on the accumulator's bins (paired bootstrap)
+        self.images: Optional[ImagePixelHistograms] = None
         self.outlined_normals, self.normals, self.coverage = 0, 0, []  # what the outline (map > threshold) marks
 
     def add(self, item: LabelledItem, amap: np.ndarray) -> None:
         if self.acc is None:  # without calibration maps, the first test map's values place the fine bins
             self.acc = PixelMetricAccumulator.from_sample(self.sample if self.sample is not None else np.ravel(amap), bins=PIXEL_BINS)
+            if self.keep_images:
+                self.images = ImagePixelHistograms.like(self.acc)
         height, width = image_size(item.path)
         size = (width, height) if self.metric_size is None else (self.metric_size, self.metric_size)
         mask = load_mask(item, size)
         full = upsample(torch.from_numpy(np.ascontiguousarray(amap)), (size[1], size[0]))
         self.acc.update(full, mask)
+        if self.images is not None:
+            self.images.add(np.asarray(full), mask)
         if self.threshold is not None and np.isfinite(self.threshold):
             if item.label:
                 if mask.any():
@@ -227,6 +239,8 @@ def evaluate_category(labelled: LabelledSet, bb: Optional[Backbone], detector: O
     measured = [measure(labelled, labels, r, settings) for r in results]
     for r in results:
         write_scores(out / "scores" / labelled.category / f"{r.method.replace(' ', '_')}.csv", labelled.test, r)
+        if settings.pixel_store:
+            write_pixel_store(out, labelled, labels, r)
     return measured, sheet
 
 
@@ -259,7 +273,7 @@ def score_streamed(det: AnomalyDetector, labelled: LabelledSet, test_images: Ima
     maps_at_alpha = det.maps_at(alpha)  # outlines at the α the rows are decided and labelled at
     masks = labelled.has_masks
     kinds = _variants(det) if variants else {}
-    metrics = {k: MapMetrics(det.map_quantiles, settings.metric_size, maps_at_alpha.threshold if not k else None)
+    metrics = {k: MapMetrics(det.map_quantiles, settings.metric_size, maps_at_alpha.threshold if not k else None, keep_images=settings.pixel_store)
                for k in ["", *[k for k, (_, maps) in kinds.items() if maps]]} if masks else {}
     scores: dict[str, list[float]] = {k: [] for k in ["", *kinds]}
     flagged: list[bool] = []
@@ -284,12 +298,14 @@ def score_streamed(det: AnomalyDetector, labelled: LabelledSet, test_images: Ima
     style = overlay_style(maps_at_alpha)
     rows = [Scored(det.scorer.name, np.array(scores[""]), np.array(flagged) if rate_holds else None, metrics[""].result() if masks else {},
                    seconds, rate_holds, det.network_evaluations_per_image(), style, alpha=alpha,
-                   note=None if rate_holds else _no_rate(alpha, 0 if det.calibration is None else len(det.calibration)))]
+                   note=None if rate_holds else _no_rate(alpha, 0 if det.calibration is None else len(det.calibration)),
+                   pixels=metrics[""].images if masks else None)]
     for kind in kinds:
         same_maps = {k: v for k, v in rows[0].pixel.items() if k not in ("outlined_normals", "outline_coverage")}  # outlines: default row only
         rows.append(Scored(f"{det.scorer.name} [{kind}]", np.array(scores[kind]), None,
                            metrics[kind].result() if kind in metrics else same_maps, seconds, False, rows[0].evaluations, style, alpha=alpha,
-                           note="ablation row"))
+                           note="ablation row", pixels=metrics[kind].images if kind in metrics else None,
+                           maps_of=None if kind in metrics or not masks else rows[0].method))
     return rows, keeper
 
 
@@ -326,7 +342,7 @@ def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Imag
         typical = float(np.median(cal_maps.flatten(1).median(1).values.numpy()))
         style = OverlayStyle(*colour_scale(typical, threshold, float(cal_scores.max())), threshold)
         sample = np.quantile(cal_maps.numpy().ravel(), np.linspace(0, 1, MAP_QUANTILES))
-        metrics = MapMetrics(sample, settings.metric_size, threshold) if labelled.has_masks else None
+        metrics = MapMetrics(sample, settings.metric_size, threshold, keep_images=settings.pixel_store) if labelled.has_masks else None
         scores = []
         for start in range(0, test_x.shape[0], settings.batch_size):
             maps = method.maps(test_x[start : start + settings.batch_size])
@@ -337,7 +353,7 @@ def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Imag
         scores = np.concatenate(scores) if scores else np.zeros(0)
         flagged = conformal.is_anomaly(cal_scores, scores, alpha) if rate_holds else None
         out.append(Scored(name, scores, flagged, metrics.result() if metrics else {}, time.time() - t0, rate_holds, 0, style, alpha=alpha,
-                          note=None if rate_holds else _no_rate(alpha, cal_x.shape[0])))
+                          note=None if rate_holds else _no_rate(alpha, cal_x.shape[0]), pixels=metrics.images if metrics else None))
     return out
 
 
@@ -351,6 +367,13 @@ def write_scores(path: Path, items: list[LabelledItem], r: Scored) -> None:
         writer.writerow(["file", "label", "defect", "anomaly_score", "is_anomaly"])
         for k, item in enumerate(items):
             writer.writerow([item.name, item.label, item.defect, repr(float(r.scores[k])), "" if r.flagged is None else str(bool(r.flagged[k])).lower()])
+
+
+def write_pixel_store(out: Path, labelled: LabelledSet, labels: np.ndarray, r: Scored) -> Path:
+    """pixel_store/<category>/<method>.npz: test names, labels, scores and per-image pixel histograms (pixel_bootstrap.save_run)."""
+    run = CategoryRun(r.scores, labels, [i.name for i in labelled.test], r.pixels)
+    return save_run(out / STORE_FOLDER / labelled.category / f"{method_stem(r.method)}.npz", run,
+                    pixels_from=method_stem(r.maps_of) if r.maps_of and r.pixels is None else None)
 
 
 def measure(labelled: LabelledSet, labels: np.ndarray, r: Scored, settings: IndustrialSettings) -> dict:
