@@ -1,10 +1,12 @@
-"""zsad in anomalib (docs/anomalib.md): a split-conformal threshold with a stated false-alarm rate for any anomalib model.
+"""zsad in anomalib (docs/anomalib.md): zsad's diffusion detector as an anomalib model, and a split-conformal threshold
+with a stated false-alarm rate for any anomalib model.
 
-    from zsad.integrations.anomalib import ConformalPostProcessor
+    from zsad.integrations.anomalib import ConformalPostProcessor, Zsad
+    model = Zsad(backbone="zsad-demo", false_alarm_rate=0.05)
     model = Padim(post_processor=ConformalPostProcessor(false_alarm_rate=0.05))
 
 Importing this package needs no anomalib: the calibration arithmetic (`calibration`) is plain numpy. The first use of
-`ConformalPostProcessor` checks the installed anomalib against the tested range and imports it; a missing, untested or
+`ConformalPostProcessor` or `Zsad` checks the installed anomalib against the tested range and imports it; a missing, untested or
 broken anomalib is an `AnomalibVersionError` that names the range and `pip install "zsad[anomalib]"`.
 """
 
@@ -14,7 +16,8 @@ from typing import Any
 
 from zsad.integrations.anomalib.version import REQUIREMENT, TESTED, AnomalibVersionError, check_version, installed_version, require_anomalib
 
-_LAZY = {"ConformalPostProcessor": "zsad.integrations.anomalib.conformal"}
+_LAZY = {"ConformalPostProcessor": "zsad.integrations.anomalib.conformal", "Zsad": "zsad.integrations.anomalib.model",
+         "ZsadPostProcessor": "zsad.integrations.anomalib.model"}
 
 
 def __getattr__(name: str) -> Any:
@@ -32,4 +35,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'zsad.integrations.anomalib' has no attribute '{name}'")
 
 
-__all__ = ["ConformalPostProcessor", "AnomalibVersionError", "REQUIREMENT", "TESTED", "check_version", "installed_version", "require_anomalib"]
+__all__ = ["ConformalPostProcessor", "Zsad", "ZsadPostProcessor",
+           "AnomalibVersionError", "REQUIREMENT", "TESTED", "check_version", "installed_version", "require_anomalib"]
