@@ -136,6 +136,19 @@ def test_file_round_trip_and_compact_storage(tmp_path):
     assert store.nbytes < 9 * 64 * 64 * 8  # less than the float64 maps themselves
 
 
+def test_a_bin_of_more_than_65535_pixels_is_counted_whole(tmp_path):
+    """Counts are uint16 where they fit; a flat 260×260 map (67,600 ties in one bin) needs uint32, also through a file."""
+    flat, mask = np.zeros((260, 260)), np.zeros((260, 260), dtype=np.uint8)
+    mask[10:20, 10:20] = 1
+    maps, masks = [flat, flat + np.where(mask > 0, 1.0, 0.0)], [np.zeros_like(mask), mask]
+    acc = PixelMetricAccumulator.from_sample(np.array([0.0, 1.0]), bins=10)
+    store = stream(maps, masks, acc)
+    assert store._pack()["normal_count"].dtype == np.uint32
+    save_run(tmp_path / "s.npz", CategoryRun(np.zeros(2), np.array([0, 1]), None, store))
+    back = load_run(tmp_path / "s.npz").pixels.accumulator()
+    assert np.array_equal(back.normal_hist, acc.normal_hist) and back.result() == acc.result()
+
+
 def pair_of_runs(n_images: int, seed: int, lift: float = 0.0) -> tuple[CategoryRun, CategoryRun]:
     """A: synthetic maps; B: the same maps with positive noise (mean `lift`) on the defect pixels only."""
     maps, masks = synthetic(n_images, seed=seed)

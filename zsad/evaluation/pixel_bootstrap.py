@@ -9,7 +9,7 @@ image's share of the pooled histograms:
   clipping rule for every image of a category), the image's histogram of normal-pixel scores, and for each
   connected defect region (`label_regions`: 8-connected) its histogram and its size. A defect-pixel histogram
   is the sum of its image's region histograms, so it is not stored twice. Only non-empty bins are kept
-  (bin index int32, count uint32): memory grows with images × min(pixels, bins), never with the pixels
+  (bin index int32, count uint16, or uint32 where a bin holds more pixels): memory grows with images × min(pixels, bins), never with the pixels
   themselves beyond that. Summing a multiset of images' histograms (weights = how often each image was
   drawn) rebuilds the accumulator of that multiset, and `ad_metrics`' own code gives the metrics; with every
   image once it is the streamed accumulator of the same maps (tests/test_pixel_bootstrap.py).
@@ -92,8 +92,8 @@ class ImagePixelHistograms:
         key = (r[defect].astype(np.int64) - 1) * self.n_bins + idx[defect]
         keys, counts = np.unique(key, return_counts=True)
         sizes = np.bincount(r[defect], minlength=n + 1)[1:]
-        self._images.append((normal_bin.astype(np.int32), normal[normal_bin].astype(np.uint32), (keys // self.n_bins).astype(np.int32),
-                             (keys % self.n_bins).astype(np.int32), counts.astype(np.uint32), sizes.astype(np.int64), np.int64(clipped)))
+        self._images.append((normal_bin.astype(np.int32), _small(normal[normal_bin]), (keys // self.n_bins).astype(np.int32),
+                             (keys % self.n_bins).astype(np.int32), _small(counts), sizes.astype(np.int64), np.int64(clipped)))
         self._packed = self._matrices = None
 
     def _pack(self) -> dict[str, np.ndarray]:
@@ -105,16 +105,17 @@ class ImagePixelHistograms:
         n_reg = np.array([len(i[5]) for i in imgs], dtype=np.int64)
         # Entries per region, from each image's sorted region ids.
         per_region = np.concatenate([np.bincount(i[2], minlength=len(i[5])) for i in imgs]) if imgs else np.zeros(0, np.int64)
-        cat = (lambda k, dt: np.concatenate([i[k] for i in imgs]).astype(dt) if imgs else np.zeros(0, dt))
+        cat = (lambda k, dt: np.concatenate([i[k] for i in imgs]).astype(dt, copy=False) if imgs else np.zeros(0, dt))
+        counts = (lambda k: np.concatenate([i[k] for i in imgs]) if imgs else np.zeros(0, np.uint16))  # uint16 unless one needs more
         self._packed = {
             "normal_ptr": np.concatenate([[0], np.cumsum(n_normal)]),
             "normal_bin": cat(0, np.int32),
-            "normal_count": cat(1, np.uint32),
+            "normal_count": counts(1),
             "image_region_ptr": np.concatenate([[0], np.cumsum(n_reg)]),
             "region_size": cat(5, np.int64),
             "region_ptr": np.concatenate([[0], np.cumsum(per_region)]).astype(np.int64),
             "region_bin": cat(3, np.int32),
-            "region_count": cat(4, np.uint32),
+            "region_count": counts(4),
             "clipped": np.array([i[6] for i in imgs], dtype=np.int64),
         }
         return self._packed
@@ -204,11 +205,8 @@ class ImagePixelHistograms:
     # ------------------------------------------------------------------ files
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Everything needed to rebuild the store, as arrays (counts in uint16 when they fit)."""
+        """Everything needed to rebuild the store, as arrays."""
         p = dict(self._pack())
-        for k in ("normal_count", "region_count"):
-            if p[k].size == 0 or p[k].max() <= np.iinfo(np.uint16).max:
-                p[k] = p[k].astype(np.uint16)
         p["max_fpr"] = np.float64(self.max_fpr)
         if "edges" in self.spec:
             p["edges"] = np.asarray(self.spec["edges"], dtype=np.float64)
@@ -225,9 +223,14 @@ class ImagePixelHistograms:
             spec = {"low": low, "high": high, "bins": int(bins)}
         store = cls(spec, float(a["max_fpr"]))
         keys = ("normal_ptr", "normal_bin", "normal_count", "image_region_ptr", "region_size", "region_ptr", "region_bin", "region_count", "clipped")
-        store._packed = {k: np.asarray(a[k]).astype(np.uint32) if k.endswith("_count") else np.asarray(a[k]) for k in keys}
+        store._packed = {k: np.asarray(a[k]) for k in keys}
         store._loaded = True
         return store
+
+
+def _small(counts: np.ndarray) -> np.ndarray:
+    """Pixel counts in uint16 when they fit (a bin of one image rarely holds 65,536 pixels), else uint32."""
+    return counts.astype(np.uint16 if counts.size == 0 or counts.max() <= np.iinfo(np.uint16).max else np.uint32)
 
 
 # ---------------------------------------------------------------------------------------------------
