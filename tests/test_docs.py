@@ -121,13 +121,47 @@ def test_the_lite_decision_is_stated_with_the_cost_it_rests_on():
     assert zsad.build_scorer(RECOMMENDED_SCORER, steps=3).network_evaluations_per_image(1000) == 6, "the closest candidate's cost"
 
 
+ZSAD_MODEL_SECTION = "## A zsad model in anomalib's Engine"
+
+
+def _sections(path: Path, heading: str, keep: bool) -> str:
+    """The page's `heading` section (keep) or everything else (not keep); a section runs to the next `## ` heading."""
+    text = path.read_text()
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    end = len(text) if end < 0 else end + 1
+    return text[start:end] if keep else text[:start] + text[end:]
+
+
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+
+
+def test_the_zsad_model_example_runs(tmp_path, monkeypatch, smoke_checkpoint):
+    """docs/anomalib.md's "A zsad model in anomalib's Engine" block, as written: Engine fit and test of Zsad on an offline Folder
+    datamodule, "zsad-demo" being the 16 px smoke backbone copied where `zsad demo` puts it, then predict from the checkpoint."""
+    import shutil
+
+    import pytest
+
+    pytest.importorskip("anomalib")
+    (block,) = _python_blocks(_sections(DOCS / "anomalib.md", ZSAD_MODEL_SECTION, keep=True))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs/demo/train/checkpoints").mkdir(parents=True)
+    shutil.copy(smoke_checkpoint, tmp_path / "outputs/demo/train/checkpoints/last.ckpt")
+    namespace: dict = {}
+    exec(compile(block, "docs/anomalib.md (Zsad example)", "exec"), namespace)
+    assert {"image_AUROC", "pixel_AUROC"} <= set(namespace["metrics"][0])
+    assert sum(len(b.image_path) for b in namespace["predictions"]) == 14 and namespace["model"].detector.info["n_fit"] == 32
+
+
 def test_the_anomalib_page_examples_run(tmp_path, monkeypatch):
     """docs/anomalib.md's Python blocks, in order, as written: Engine + Folder + Padim(pre_trained=False) with the conformal
     post-processor on an offline MVTec-layout folder, then the checkpoint reloaded with the same decisions."""
     import pytest
 
     pytest.importorskip("anomalib")
-    blocks = re.findall(r"^```python\n(.*?)^```", (DOCS / "anomalib.md").read_text(), re.S | re.M)
+    blocks = _python_blocks(_sections(DOCS / "anomalib.md", ZSAD_MODEL_SECTION, keep=False))
     assert len(blocks) == 2, "the page's two examples: the post-processor, the checkpoint"
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
