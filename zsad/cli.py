@@ -75,7 +75,7 @@ def _cmd_fit(args) -> int:
     options = dict(backbone=args.backbone, false_alarm_rate=args.false_alarm_rate, shots=args.shots, working_size=args.working_size,
                    tile_stride=args.tile_stride, device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size,
                    map_combination=args.map_combination, aggregation=args.aggregation, tile_position=args.tile_position,
-                   skip_corrupt=args.skip_corrupt, blend=args.blend, bit_depth=args.bit_depth)
+                   skip_corrupt=args.skip_corrupt, blend=args.blend, bit_depth=args.bit_depth, preset=args.preset)
     if args.scorer:
         options["scorer"] = args.scorer
     _, lines = fit_folder(args.normal_dir, args.out, force=args.force, **options)
@@ -89,7 +89,7 @@ def _cmd_test(args) -> int:
 
     settings = IndustrialSettings(false_alarm_rate=args.false_alarm_rate, shots=args.shots, working_size=args.working_size, tile_stride=args.tile_stride,
                                   map_combination=args.map_combination, aggregation=args.aggregation, blend=args.blend, bit_depth=args.bit_depth,
-                                  metric_size=args.metric_size,
+                                  metric_size=args.metric_size, preset=args.preset,
                                   baselines=not args.no_baselines, device=args.device, batch_size=args.batch_size, cache_dir=args.cache_dir)
     if args.scorers:
         settings.scorers = [s.strip() for s in args.scorers.split(",") if s.strip()]
@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "cut into tiles at the backbone's resolution (default: the images' median longer side, at most 256; the backbone's own size = "
                    "one tile per image)")
     p.add_argument("--tile-stride", type=int, default=None, help="pixels between tiles (default: half a tile)")
+    p.add_argument("--preset", choices=["default", "fast"], default="default", help="fast: tiles every tile and 2 trajectory steps, "
+                   "about 18× less work (docs/speed.md gives its cost in AUROC); explicit --tile-stride wins")
     p.add_argument("--map-combination", choices=["tile", "tile+pixel", "pixel"], default=None,
                    help="anomaly map: tile scores, tile scores + the scorer's per-pixel maps (default where it has them), or pixel maps")
     p.add_argument("--aggregation", choices=["max", "top_k"], default="max",
@@ -237,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=None, help="fit on N normal images per category (calibration unchanged)")
     p.add_argument("--working-size", type=int, default=None, help="default: the category's median longer side, at most 256 (see zsad fit)")
     p.add_argument("--tile-stride", type=int, default=None, help="default: half a tile")
+    p.add_argument("--preset", choices=["default", "fast"], default="default", help="fast: tiles every tile and 2 trajectory steps "
+                   "(docs/speed.md); explicit --tile-stride wins")
     p.add_argument("--map-combination", choices=["tile", "tile+pixel", "pixel"], default=None)
     p.add_argument("--aggregation", choices=["max", "top_k"], default="max")
     _add_blend_option(p)

@@ -31,6 +31,7 @@ from zsad.detection import conformal
 from zsad.detection.estimate import LONG_RUN_SECONDS, estimate, faster_settings, seconds_per_evaluation
 from zsad.detection.inputs import Images, as_images, bit_depth_of
 from zsad.detection.maps import MapSettings, anomaly_map, colour_scale, image_scores, map_threshold, pixel_map, tile_map, upsample
+from zsad.detection.presets import get_preset, preset_options
 from zsad.detection.sizing import choose_working_shape, image_sizes
 from zsad.detection.split import split_normal
 from zsad.diffusion.backbone import Backbone
@@ -40,7 +41,7 @@ from zsad.scoring.detector import GMMDetector, load_detector, make_detector
 from zsad.scoring.extraction import configure_precision, extract_features
 from zsad.scoring.feature_cache import FeatureCache
 from zsad.scoring.recipe import FeatureRecipe, RecipeMismatchError, recipe_for
-from zsad.scoring.scorers import RECOMMENDED_SCORER, Scorer, build_scorer, image_seeds
+from zsad.scoring.scorers import RECOMMENDED_SCORER, SCORERS, Scorer, build_scorer, image_seeds
 from zsad.scoring.tiles import TiledScorer, Tiling
 from zsad.utils.console import say, warn
 from zsad.utils.progress import progress_bar
@@ -130,11 +131,13 @@ class AnomalyDetector:
             device: str = "auto", cache_dir: Optional[str | Path] = "outputs/feature_cache", batch_size: int = 16, network_batch: Optional[int] = None,
             seed: int = 0, map_combination: Optional[str] = None, aggregation: str = "max", top_k: float = 0.1, tile_position: bool = False,
             precision: str = "32-true", skip_corrupt: bool = False, require_rate: bool = True, blend: str = "max",
-            bit_depth: Optional[int] = None) -> "AnomalyDetector":
+            bit_depth: Optional[int] = None, preset: str = "default") -> "AnomalyDetector":
         """Fit on normal images (a folder, paths, PIL images, arrays or a tensor): split by hashed name into a
-        fit part and a calibration part, fit the detector on the fit part's tile features, calibrate on the rest."""
+        fit part and a calibration part, fit the detector on the fit part's tile features, calibrate on the rest.
+        `preset` (zsad.detection.presets) fills the tile stride and scorer options left unset."""
         t0 = time.time()
         alpha = conformal.check_rate(false_alarm_rate)
+        get_preset(preset)  # a wrong name fails before any work
         kind = build_scorer(scorer, **(scorer_options or {})).detector
         if tile_position and kind != "gmm":  # before reading any image
             raise ConfigError(f"--tile-position adds the tile's centre to a Gaussian mixture's features; scorer '{scorer}' is fitted by "
@@ -145,6 +148,7 @@ class AnomalyDetector:
             images, skipped = _readable_only(images)
         dev = resolve_device(device)
         bb = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, device=dev)
+        scorer_options, tile_stride = preset_options(preset, SCORERS[scorer], scorer_options, tile_stride, bb.image_size)
         shape = choose_working_shape(_checked(lambda: image_sizes(images)), bb.image_size, working_size, images.names, tile_stride)
         tiling = make_tiling(bb.image_size, (shape.height, shape.width), tile_stride)
         split = split_normal(images.names, alpha, shots, tiling.count, require_rate=require_rate)
@@ -189,8 +193,11 @@ class AnomalyDetector:
         say(guess.sentence(what))
         if guess.seconds > LONG_RUN_SECONDS and self.backbone.alphas_cumprod.device.type == "cpu":
             per_tile = self.network_evaluations_per_image() // self.tiling.count
+            fast_options, _ = preset_options("fast", type(self.scorer), {}, None, self.tiling.tile)
+            fast = replace(self.scorer, **fast_options).network_evaluations_per_image(self.backbone.num_timesteps)
             say("  that is long on a CPU; faster settings (refit with one of them): " + "; ".join(
-                faster_settings(self.tiling, per_tile, per_evaluation, images) + (["--device cuda (a GPU is visible)"] if torch.cuda.is_available() else [])))
+                faster_settings(self.tiling, per_tile, per_evaluation, images, fast)
+                + (["--device cuda (a GPU is visible)"] if torch.cuda.is_available() else [])))
         return guess.seconds
 
     def _dataset(self, images: Images, split: str, skip_corrupt: bool = False) -> ImageDataset:
