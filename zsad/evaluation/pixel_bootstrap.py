@@ -92,7 +92,8 @@ class ImagePixelHistograms:
         key = (r[defect].astype(np.int64) - 1) * self.n_bins + idx[defect]
         keys, counts = np.unique(key, return_counts=True)
         sizes = np.bincount(r[defect], minlength=n + 1)[1:]
-        self._images.append((normal_bin.astype(np.int32), _small(normal[normal_bin]), (keys // self.n_bins).astype(np.int32),
+        entries = np.bincount(keys // self.n_bins, minlength=n)  # non-empty bins of each region
+        self._images.append((normal_bin.astype(np.int32), _small(normal[normal_bin]), entries.astype(np.int64),
                              (keys % self.n_bins).astype(np.int32), _small(counts), sizes.astype(np.int64), np.int64(clipped)))
         self._packed = self._matrices = None
 
@@ -103,8 +104,6 @@ class ImagePixelHistograms:
         imgs = self._images
         n_normal = np.array([len(i[0]) for i in imgs], dtype=np.int64)
         n_reg = np.array([len(i[5]) for i in imgs], dtype=np.int64)
-        # Entries per region, from each image's sorted region ids.
-        per_region = np.concatenate([np.bincount(i[2], minlength=len(i[5])) for i in imgs]) if imgs else np.zeros(0, np.int64)
         cat = (lambda k, dt: np.concatenate([i[k] for i in imgs]).astype(dt, copy=False) if imgs else np.zeros(0, dt))
         counts = (lambda k: np.concatenate([i[k] for i in imgs]) if imgs else np.zeros(0, np.uint16))  # uint16 unless one needs more
         self._packed = {
@@ -113,11 +112,17 @@ class ImagePixelHistograms:
             "normal_count": counts(1),
             "image_region_ptr": np.concatenate([[0], np.cumsum(n_reg)]),
             "region_size": cat(5, np.int64),
-            "region_ptr": np.concatenate([[0], np.cumsum(per_region)]).astype(np.int64),
+            "region_ptr": np.concatenate([[0], np.cumsum(cat(2, np.int64))]).astype(np.int64),
             "region_bin": cat(3, np.int32),
             "region_count": counts(4),
             "clipped": np.array([i[6] for i in imgs], dtype=np.int64),
         }
+        # The per-image arrays become views of the packed ones, so the histograms are held once, not twice.
+        p = self._packed
+        for j, i in enumerate(imgs):
+            a, b = p["normal_ptr"][j:j + 2]
+            c, d = p["region_ptr"][p["image_region_ptr"][j]], p["region_ptr"][p["image_region_ptr"][j + 1]]
+            imgs[j] = (p["normal_bin"][a:b], p["normal_count"][a:b], i[2], p["region_bin"][c:d], p["region_count"][c:d], i[5], i[6])
         return self._packed
 
     @property
