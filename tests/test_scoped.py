@@ -204,7 +204,6 @@ def test_zsad_fit_uses_the_methods_own_detector(scorer, kind, trained_checkpoint
 
 def test_tile_position_is_refused_for_detectors_that_read_columns(tmp_path):
     from conftest import run_inprocess
-
     from PIL import Image
 
     (tmp_path / "normal").mkdir()

@@ -89,7 +89,7 @@ def _cmd_test(args) -> int:
 
     settings = IndustrialSettings(false_alarm_rate=args.false_alarm_rate, shots=args.shots, working_size=args.working_size, tile_stride=args.tile_stride,
                                   map_combination=args.map_combination, aggregation=args.aggregation, blend=args.blend, bit_depth=args.bit_depth,
-                                  metric_size=args.metric_size, preset=args.preset,
+                                  metric_size=args.metric_size, preset=args.preset, pixel_store=args.pixel_store,
                                   baselines=not args.no_baselines, device=args.device, batch_size=args.batch_size, cache_dir=args.cache_dir)
     if args.scorers:
         settings.scorers = [s.strip() for s in args.scorers.split(",") if s.strip()]
@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_blend_option(p)
     p.add_argument("--metric-size", type=int, default=None, help="compute pixel metrics at this size instead of the masks' resolution")
     p.add_argument("--no-baselines", action="store_true", help="skip the pixel_gaussian and nearest_ssim rows")
+    p.add_argument("--pixel-store", action="store_true", help="also write each test image's pixel histograms (pixel_store/) for paired "
+                   "bootstrap intervals between two runs: python experiments/paired_ad.py OUT_A OUT_B")
     _add_run_options(p)
     p.add_argument("--logger", choices=["wandb", "csv", "none"], default="wandb", help="where the table and overlays are logged (W&B offline by default)")
     p.set_defaults(func=_cmd_test, overrides=[])

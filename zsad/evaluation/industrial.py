@@ -51,6 +51,7 @@ class IndustrialSettings:
     shots: Optional[int] = None
     working_size: Optional[int] = None
     tile_stride: Optional[int] = None
+    preset: str = "default"  # zsad.detection.presets: fills the tile stride and scorer options left unset
     map_combination: Optional[str] = None
     aggregation: str = "max"
     blend: str = "max"
@@ -225,7 +226,7 @@ def evaluate_category(labelled: LabelledSet, bb: Optional[Backbone], detector: O
                                       shots=settings.shots, working_size=settings.working_size, tile_stride=settings.tile_stride, device=settings.device,
                                       cache_dir=settings.cache_dir, batch_size=settings.batch_size, map_combination=settings.map_combination,
                                       aggregation=settings.aggregation, require_rate=False, blend=settings.blend,
-                                      bit_depth=settings.bit_depth)
+                                      bit_depth=settings.bit_depth, preset=settings.preset)
             det.save(out / "detectors" / labelled.category / det.scorer.name, force=True)  # reusable: zsad score / zsad test --detector
         first = not detectors
         rows, examples = score_streamed(det, labelled, test_images, settings, variants=settings.variants and first and not detector,
