@@ -23,6 +23,7 @@ pytest.importorskip("anomalib")
 REPO = Path(__file__).resolve().parents[1]
 ALPHA = 0.2
 FAMILIES = ("scratch", "hole", "stain", "patch")
+N_TRAIN = 24  # 5 to calibrate (max(⌈0.2·24⌉, ⌈1/α⌉ − 1)), 19 to fit
 CHEAP = {"scorer": "diffpath_v2", "scorer_options": {"steps": 2}, "batch_size": 20, "network_batch": 20}
 
 
@@ -50,39 +51,39 @@ def _outputs(batches) -> dict[str, np.ndarray]:
     cat = lambda name: np.concatenate([getattr(b, name).detach().cpu().numpy().reshape(len(b.image_path), -1) for b in batches])
     return {"path": np.concatenate([b.image_path for b in batches]), "score": cat("pred_score")[:, 0], "label": cat("pred_label")[:, 0],
             "p": cat("p_value")[:, 0], "raw": cat("zsad_score")[:, 0], "map": cat("anomaly_map"), "mask": cat("pred_mask"),
-            "gt": cat("gt_label")[:, 0]}
+            "gt": cat("gt_label")[:, 0], "gt_mask": cat("gt_mask").astype(bool)}
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, smoke_checkpoint):
-    """Zsad fitted through Engine.fit on 40 normal 16 px coins (32 to fit, 8 to calibrate at α = 0.2), then predicted on the
+    """Zsad fitted through Engine.fit on 24 normal 16 px coins (19 to fit, 5 to calibrate at α = 0.2), then predicted on the
     held-out test images (10 normal, 4 anomalous; the other half went to validation)."""
     from lightning.pytorch import seed_everything
 
     from zsad.data.defects import make_defect_benchmark
 
     root = tmp_path_factory.mktemp("zsad_anomalib")
-    make_defect_benchmark(root, ["coins"], size=16, n_train=40, n_test_good=20, n_test_defect_per_family=2)
+    make_defect_benchmark(root, ["coins"], size=16, n_train=N_TRAIN, n_test_good=20, n_test_defect_per_family=2)
     seed_everything(0)
     model, engine, dm = _model(str(smoke_checkpoint), root / "cache"), _engine(root), _datamodule(root)
     engine.fit(model, datamodule=dm)
-    return {"root": root, "model": model, "engine": engine, "dm": dm, "backbone": str(smoke_checkpoint),
-            "pred": _outputs(engine.predict(model, dataloaders=dm.test_dataloader())),
-            "ckpt": Path(engine.trainer.checkpoint_callback.best_model_path)}
+    pred = _outputs(engine.predict(model, dataloaders=dm.test_dataloader()))
+    # the reference: zsad's own detector on the same training folder with the same settings, scored on the same test files
+    from zsad import AnomalyDetector
+
+    det = AnomalyDetector.fit(root / "coins" / "train" / "good", backbone=str(smoke_checkpoint), false_alarm_rate=ALPHA, device="cpu",
+                              cache_dir=root / "cache_api", **CHEAP)
+    return {"root": root, "model": model, "engine": engine, "dm": dm, "backbone": str(smoke_checkpoint), "pred": pred, "det": det,
+            "ref": det.score(list(pred["path"])), "ckpt": Path(engine.trainer.checkpoint_callback.best_model_path)}
 
 
 def test_image_scores_equal_zsads_own_detector(fitted):
     """No resize anywhere and 8-bit PNGs: the image scores are those of AnomalyDetector.fit on the same training folder (same
     hashed split, same settings) scored on the same test files, to 1e-6; p-values and decisions are identical."""
-    from zsad import AnomalyDetector
-
-    root, pred = fitted["root"], fitted["pred"]
-    det = AnomalyDetector.fit(root / "coins" / "train" / "good", backbone=fitted["backbone"], false_alarm_rate=ALPHA, device="cpu",
-                              cache_dir=root / "cache_api", **CHEAP)
+    pred, det, ref = fitted["pred"], fitted["det"], fitted["ref"]
     ours = fitted["model"].detector
     assert ours.info["fit_names"] == det.info["fit_names"] and ours.info["calibration_names"] == det.info["calibration_names"]
-    assert np.array_equal(ours.calibration, det.calibration) or np.abs(ours.calibration - det.calibration).max() <= 1e-6
-    ref = det.score(list(pred["path"]))
+    assert np.abs(ours.calibration - det.calibration).max() <= 1e-6
     error = float(np.abs(ref.scores - pred["raw"]).max())
     print(f"\nZsad in anomalib vs AnomalyDetector on {len(ref.scores)} test images: max |score difference| = {error:.3g}")
     assert error <= 1e-6
@@ -119,6 +120,33 @@ def test_anomalibs_metrics_run_on_zsads_outputs(fitted):
     pred = fitted["pred"]
     f1 = 2 * (pred["label"] * pred["gt"]).sum() / max(pred["label"].sum() + pred["gt"].sum(), 1)
     assert metrics["image_F1Score"] == pytest.approx(f1, abs=1e-6), "F1 of zsad's own decisions, not of a threshold anomalib chose"
+
+
+def test_anomalibs_evaluator_gives_zsads_metric_values(fitted):
+    """anomalib's Evaluator with image AUROC, pixel AUROC and AUPRO (its default set has no AUPRO), on Zsad's outputs (maps
+    and masks at the input's 16 × 16), against zsad's own metrics (zsad.evaluation.ad_metrics) on AnomalyDetector's raw
+    scores and maps: within 1e-3. The outputs lie in (0, 1), so torchmetrics applies no sigmoid, and their map keeps order."""
+    from anomalib.metrics import AUPRO, AUROC, Evaluator
+
+    from zsad.evaluation.ad_metrics import image_auroc, pixel_metrics_exact
+
+    evaluator = Evaluator(test_metrics=[AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+                                        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+                                        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False)])
+    model = fitted["model"]
+    default, model.evaluator = model.evaluator, evaluator
+    try:
+        (theirs,) = _engine(fitted["root"]).test(model, datamodule=fitted["dm"])
+    finally:
+        model.evaluator = default
+    pred, ref = fitted["pred"], fitted["ref"]
+    masks = [m.reshape(16, 16) for m in pred["gt_mask"]]
+    exact = pixel_metrics_exact(ref.maps, masks)
+    ours = {"image_AUROC": image_auroc(ref.scores, pred["gt"]), "pixel_AUROC": exact["pixel_auroc"], "pixel_AUPRO": exact["aupro"]}
+    print(f"\nanomalib's Evaluator {theirs}; zsad's {ours}")
+    assert 0 < ours["pixel_AUPRO"] < 1 and 0 < ours["pixel_AUROC"] < 1
+    for key, value in ours.items():
+        assert abs(theirs[key] - value) <= 1e-3, (key, theirs[key], value)
 
 
 def test_the_contract_one_epoch_no_gradient_one_class(fitted):
@@ -181,3 +209,56 @@ def test_mistakes_are_clear_errors(fitted, tmp_path):
     imagenet = PreProcessor(transform=Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]))
     with pytest.raises(ConfigError, match="outside \\[0, 1\\].*Normalize"):
         _engine(tmp_path).fit(_model(fitted["backbone"], root / "cache", pre_processor=imagenet), datamodule=_datamodule(root))
+
+
+def _visa_layout(root: Path, coins: Path) -> None:
+    """VisA's own layout for one of its 12 categories, "candle", from the 16 px coins: candle/Data/Images/{Normal,Anomaly}/*.JPG
+    (JPEG, as VisA ships), candle/Data/Masks/Anomaly/*.png, and split_csv/1cls.csv, the split anomalib's Visa applies."""
+    from PIL import Image
+
+    rows, data = ["object,split,label,image,mask"], root / "candle" / "Data"
+    for sub in ("Images/Normal", "Images/Anomaly", "Masks/Anomaly"):
+        (data / sub).mkdir(parents=True)
+    for split, folder, count in (("train", coins / "train" / "good", N_TRAIN), ("test", coins / "test" / "good", 6)):
+        for path in sorted(folder.glob("*.png"))[:count]:
+            name = f"{split}_{path.stem}.JPG"
+            Image.open(path).convert("RGB").save(data / "Images" / "Normal" / name, quality=95)
+            rows.append(f"candle,{split},normal,candle/Data/Images/Normal/{name},")
+    for family in FAMILIES:
+        for path in sorted((coins / "test" / family).glob("*.png")):
+            name = f"{family}_{path.stem}"
+            Image.open(path).convert("RGB").save(data / "Images" / "Anomaly" / f"{name}.JPG", quality=95)
+            Image.open(coins / "ground_truth" / family / f"{path.stem}_mask.png").save(data / "Masks" / "Anomaly" / f"{name}.png")
+            rows.append(f"candle,test,anomaly,candle/Data/Images/Anomaly/{name}.JPG,candle/Data/Masks/Anomaly/{name}.png")
+    (root / "split_csv").mkdir()
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_visa_through_anomalibs_datamodule_and_its_split_csv(fitted, tmp_path, monkeypatch):
+    """anomalib's Visa datamodule on VisA's own layout in a writable temporary folder: it applies the split CSV into
+    visa_pytorch/ there (a download attempt fails the test), Zsad fits and predicts through it, and the scores are those of
+    zsad's own detector fitted on the folder anomalib wrote (JPEG decoded by PIL on both roads), to 1e-6."""
+    import anomalib.data.datamodules.image.visa as visa_module
+    from anomalib.data import Visa
+
+    from zsad import AnomalyDetector
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("anomalib tried to download VisA: the fixture's layout was not recognised")
+
+    monkeypatch.setattr(visa_module, "download_and_extract", no_download)
+    root = tmp_path / "visa"
+    _visa_layout(root, fitted["root"] / "coins")
+    dm = Visa(root=root, category="candle", num_workers=0, train_batch_size=16, eval_batch_size=16, seed=0)
+    model, engine = _model(fitted["backbone"], tmp_path / "cache"), _engine(tmp_path)
+    engine.fit(model, datamodule=dm)
+    split = root / "visa_pytorch" / "candle"
+    assert len(list((split / "train" / "good").iterdir())) == N_TRAIN and len(list((split / "ground_truth" / "bad").iterdir())) == 8
+    pred = _outputs(engine.predict(model, dataloaders=dm.test_dataloader()))
+    assert len(pred["path"]) == 14 and pred["gt"].sum() == 8 and pred["gt_mask"].any()
+    det = AnomalyDetector.fit(split / "train" / "good", backbone=fitted["backbone"], false_alarm_rate=ALPHA, device="cpu",
+                              cache_dir=tmp_path / "cache_api", **CHEAP)
+    ref = det.score(list(pred["path"]), with_maps=False)
+    error = float(np.abs(ref.scores - pred["raw"]).max())
+    print(f"\nVisA (candle) through anomalib's Visa: max |score difference| from AnomalyDetector = {error:.3g}")
+    assert error <= 1e-6 and np.array_equal(ref.is_anomaly, pred["label"].astype(bool))
