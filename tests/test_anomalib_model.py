@@ -242,6 +242,7 @@ def test_visa_through_anomalibs_datamodule_and_its_split_csv(fitted, tmp_path, m
     from anomalib.data import Visa
 
     from zsad import AnomalyDetector
+    from zsad.data.layouts import read_mvtec
 
     def no_download(*args, **kwargs):
         raise AssertionError("anomalib tried to download VisA: the fixture's layout was not recognised")
@@ -256,6 +257,11 @@ def test_visa_through_anomalibs_datamodule_and_its_split_csv(fitted, tmp_path, m
     assert len(list((split / "train" / "good").iterdir())) == N_TRAIN and len(list((split / "ground_truth" / "bad").iterdir())) == 8
     pred = _outputs(engine.predict(model, dataloaders=dm.test_dataloader()))
     assert len(pred["path"]) == 14 and pred["gt"].sum() == 8 and pred["gt_mask"].any()
+    # `zsad test --data mvtec:<root>/visa_pytorch` reads the folder anomalib wrote: the same training and test images, masks matched
+    (labelled,) = read_mvtec(root / "visa_pytorch", "candle")
+    resolved = lambda paths: sorted(str(Path(p).resolve()) for p in paths)
+    assert resolved(labelled.train) == resolved(dm.train_data.samples.image_path) and resolved(i.path for i in labelled.test) == resolved(pred["path"])
+    assert labelled.has_masks and sum(i.mask is not None for i in labelled.test) == 8
     det = AnomalyDetector.fit(split / "train" / "good", backbone=fitted["backbone"], false_alarm_rate=ALPHA, device="cpu",
                               cache_dir=tmp_path / "cache_api", **CHEAP)
     ref = det.score(list(pred["path"]), with_maps=False)
