@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "zsad"
-LAYERS = ["foundation", "data", "diffusion", "training", "scoring", "detection", "evaluation", "cli"]
+LAYERS = ["foundation", "data", "diffusion", "training", "scoring", "detection", "evaluation", "cli", "integrations"]
 FOUNDATION = {"errors", "utils", "config"}
 TOP = {"cli", "demo", "dashboard"}
 

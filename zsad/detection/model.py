@@ -194,7 +194,10 @@ class AnomalyDetector:
         if guess.seconds > LONG_RUN_SECONDS and self.backbone.alphas_cumprod.device.type == "cpu":
             per_tile = self.network_evaluations_per_image() // self.tiling.count
             fast_options, _ = preset_options("fast", type(self.scorer), {}, None, self.tiling.tile)
-            fast = replace(self.scorer, **fast_options).network_evaluations_per_image(self.backbone.num_timesteps)
+            try:
+                fast = replace(self.scorer, **fast_options).network_evaluations_per_image(self.backbone.num_timesteps)
+            except ConfigError:  # the preset's options clash with this scorer's own (e.g. a fused scorer's fixed v2 steps)
+                fast = None
             say("  that is long on a CPU; faster settings (refit with one of them): " + "; ".join(
                 faster_settings(self.tiling, per_tile, per_evaluation, images, fast)
                 + (["--device cuda (a GPU is visible)"] if torch.cuda.is_available() else [])))
