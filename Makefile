@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-slow test-slurm docs ad-demo bench-tiles train-celeba eval-all eval-published demo ablate real32 bench bench-gpu clean
+.PHONY: help install lint test test-slow test-slurm docs ad-demo fast-sweep bench-tiles train-celeba eval-all eval-published demo ablate real32 bench bench-gpu clean
 
 help: $(BIN)/zsad ## list the targets (installs .venv first if missing)
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ real32: $(BIN)/zsad ## the 32 px real-image benchmark: train ~1 h on CPU, evalua
 
 ad-demo: $(BIN)/zsad ## offline industrial defect benchmark: MVTec-layout data from package images, fit + test (outputs/ad-demo/)
 	bash experiments/ad_demo/run.sh $(ARGS)
+
+fast-sweep: $(BIN)/zsad ## the fast preset's sweep on both defect benchmarks (ad-demo and Perlin) at 128 px, paired Δ, RULE.md's decision (outputs/fast_preset/)
+	bash experiments/fast_preset/run.sh $(ARGS)
 
 bench: $(BIN)/zsad ## CPU speed: scorer images/s before/after the fast path, GMM selection time, SCOPED's JVP cost (outputs/bench/)
 	$(BIN)/python bench/bench_scorers.py $(ARGS)

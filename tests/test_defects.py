@@ -90,7 +90,7 @@ def test_reruns_replace_their_own_folders_and_refuse_foreign_ones(tmp_path):
     assert len(labelled.train) == 3 and len(labelled.test) == 2 + len(FAMILIES)  # no stale files of the first run
     (tmp_path / "brick").mkdir()
     (tmp_path / "brick" / "mine.txt").write_text("keep")
-    with pytest.raises(ConfigError, match="not made by make_defect_benchmark"):
+    with pytest.raises(ConfigError, match="not made by zsad.s benchmark generators"):
         make_defect_benchmark(tmp_path, ["brick"], **SMALL)
     assert (tmp_path / "brick" / "mine.txt").read_text() == "keep"
     with pytest.raises(UnknownNameError, match="Known: brick, grass, gravel, tissue, coins, coins_other"):

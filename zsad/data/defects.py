@@ -248,8 +248,34 @@ def _prepare(folder: Path) -> None:
         if (folder / MARKER).is_file():
             shutil.rmtree(folder)
         elif any(folder.iterdir()):
-            raise ConfigError(f"'{folder}' exists and was not made by make_defect_benchmark; choose an empty root, or delete the folder.")
+            raise ConfigError(f"'{folder}' exists and was not made by zsad's benchmark generators (make_defect_benchmark, "
+                              "make_perlin_benchmark); choose an empty root, or delete the folder.")
     folder.mkdir(parents=True, exist_ok=True)
+
+
+def write_category(folder: Path, clean: Callable[[str, int], np.ndarray], defect: Callable[[str, int], tuple[np.ndarray, np.ndarray]],
+                   entry: dict, marker: dict) -> None:
+    """Write one category in MVTec AD's layout: `clean(split, i)` gives normal image i of "train" or "test",
+    `defect(family, i)` defect image i of a family and its bool mask; `entry` holds the counts ("train",
+    "test_good", "test_defect": {family: n}); the marker file records `marker` and `entry`."""
+    _prepare(folder)
+    digits = max(3, len(str(max(entry["train"], entry["test_good"], *entry["test_defect"].values()) - 1)))
+
+    def name(i: int) -> str:
+        return f"{i:0{digits}d}"  # MVTec's 000.png style
+
+    for split, count in (("train", entry["train"]), ("test", entry["test_good"])):
+        (folder / split / "good").mkdir(parents=True)
+        for i in range(count):
+            _save(clean(split, i), folder / split / "good" / f"{name(i)}.png", "RGB")
+    for family, count in entry["test_defect"].items():
+        (folder / "test" / family).mkdir(parents=True)
+        (folder / "ground_truth" / family).mkdir(parents=True)
+        for i in range(count):
+            image, mask = defect(family, i)
+            _save(image, folder / "test" / family / f"{name(i)}.png", "RGB")
+            _save(mask.astype(np.uint8) * 255, folder / "ground_truth" / family / f"{name(i)}_mask.png", "L")
+    (folder / MARKER).write_text(json.dumps({**marker, **entry}, indent=1, sort_keys=True) + "\n")
 
 
 def make_defect_benchmark(
@@ -272,31 +298,16 @@ def make_defect_benchmark(
         raise ConfigError("make_defect_benchmark: n_train, n_test_good and n_test_defect_per_family must each be at least 1.")
     root = Path(root).expanduser()
     summary: dict = {"root": str(root), "size": size, "seed": seed, "families": list(FAMILIES), "categories": {}}
-    digits = max(3, len(str(max(n_train, n_test_good, n_test_defect_per_family) - 1)))
-
-    def name(i: int) -> str:
-        return f"{i:0{digits}d}"  # MVTec's 000.png style
-
     for category in chosen:
         source = _load_source(category)
-        folder = root / category
-        _prepare(folder)
-        (folder / "train" / "good").mkdir(parents=True)
-        for i in range(n_train):
-            _save(_clean_crop(category, source, _rng(category, "train", "good", i, seed), "train", size), folder / "train" / "good" / f"{name(i)}.png", "RGB")
-        (folder / "test" / "good").mkdir(parents=True)
-        for i in range(n_test_good):
-            _save(_clean_crop(category, source, _rng(category, "test", "good", i, seed), "test", size), folder / "test" / "good" / f"{name(i)}.png", "RGB")
-        for family in FAMILIES:
-            (folder / "test" / family).mkdir(parents=True)
-            (folder / "ground_truth" / family).mkdir(parents=True)
-            for i in range(n_test_defect_per_family):
-                image, mask, _ = make_defect_image(category, source, family, i, seed, size)
-                _save(image, folder / "test" / family / f"{name(i)}.png", "RGB")
-                _save(mask.astype(np.uint8) * 255, folder / "ground_truth" / family / f"{name(i)}_mask.png", "L")
         spec = CATEGORIES[category]
         entry = {"kind": spec.kind, "source": f"skimage.data.{spec.source}", "train": n_train, "test_good": n_test_good,
                  "test_defect": {family: n_test_defect_per_family for family in FAMILIES}}
+        write_category(
+            root / category,
+            clean=lambda split, i, category=category, source=source: _clean_crop(category, source, _rng(category, split, "good", i, seed), split, size),
+            defect=lambda family, i, category=category, source=source: make_defect_image(category, source, family, i, seed, size)[:2],
+            entry=entry, marker={"size": size, "seed": seed},
+        )
         summary["categories"][category] = entry
-        (folder / MARKER).write_text(json.dumps({"size": size, "seed": seed, **entry}, indent=1, sort_keys=True) + "\n")
     return summary

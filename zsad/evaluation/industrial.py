@@ -52,6 +52,7 @@ class IndustrialSettings:
     working_size: Optional[int] = None
     tile_stride: Optional[int] = None
     preset: str = "default"  # zsad.detection.presets: fills the tile stride and scorer options left unset
+    scorer_options: Optional[dict] = None  # e.g. {"steps": 5}, for every scorer (each must have it), as AnomalyDetector.fit takes them
     map_combination: Optional[str] = None
     aggregation: str = "max"
     blend: str = "max"
@@ -222,7 +223,8 @@ def evaluate_category(labelled: LabelledSet, bb: Optional[Backbone], detector: O
         if detector:
             det = AnomalyDetector.load(detector, device=settings.device)
         else:
-            det = AnomalyDetector.fit(_train_images(labelled), backbone=bb, scorer=name, false_alarm_rate=settings.false_alarm_rate or DEFAULT_RATE,
+            det = AnomalyDetector.fit(_train_images(labelled), backbone=bb, scorer=name, scorer_options=settings.scorer_options,
+                                      false_alarm_rate=settings.false_alarm_rate or DEFAULT_RATE,
                                       shots=settings.shots, working_size=settings.working_size, tile_stride=settings.tile_stride, device=settings.device,
                                       cache_dir=settings.cache_dir, batch_size=settings.batch_size, map_combination=settings.map_combination,
                                       aggregation=settings.aggregation, require_rate=False, blend=settings.blend,
