@@ -111,8 +111,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     benches = {k: v for k, v in make_benchmarks(out / "data").items() if k in args.benchmarks.split(",")}
     times_path = out / "times.json"
     times = json.loads(times_path.read_text()) if times_path.is_file() else {}
-    for bench, data in benches.items():
-        for name in names:
+    for name in names:  # setting by setting, so that an interrupted sweep has the default and the first candidates on both
+        for bench, data in benches.items():
             seconds = run_setting(data, out / bench / name, args.backbone, SETTINGS[name], out / "feature_cache", args.batch_size)
             if seconds:
                 times[f"{bench}/{name}"] = round(seconds, 1)
