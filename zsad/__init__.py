@@ -1,6 +1,6 @@
 """zsad: zero-shot image anomaly detection with diffusion models (DiffPath, DiffPathV2).
 
-Public API: `AnomalyDetector` (fit on normal images, score, localise), `load_backbone`, `build_scorer`,
+Public API: `AnomalyDetector` (fit on normal images, score, localise), `DetectorSettings` (how), `load_backbone`, `build_scorer`,
 `GMMDetector`, `ood_metrics`. Heavy modules import lazily.
 """
 
@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "AnomalyDetector": ("zsad.detection.model", "AnomalyDetector"),
+    "DetectorSettings": ("zsad.detection.settings", "DetectorSettings"),
     "load_backbone": ("zsad.diffusion.loading", "load_backbone"),
     "build_scorer": ("zsad.scoring.scorers", "build_scorer"),
     "GMMDetector": ("zsad.scoring.detector", "GMMDetector"),

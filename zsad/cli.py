@@ -69,16 +69,22 @@ def _cmd_score(args) -> int:
     return 0
 
 
+# The flags of `zsad fit` and `zsad test` that are DetectorSettings fields; a flag left unset (None) takes the field's default.
+DETECTOR_FLAGS = ("scorer", "false_alarm_rate", "shots", "working_size", "tile_stride", "preset", "map_combination", "aggregation", "blend",
+                  "bit_depth", "tile_position", "skip_corrupt", "device", "batch_size", "cache_dir")
+
+
+def _detector_flags(args) -> dict:
+    """The detector settings given on the command line (flags left at None, or absent from this command, are not)."""
+    return {name: getattr(args, name) for name in DETECTOR_FLAGS if getattr(args, name, None) is not None}
+
+
 def _cmd_fit(args) -> int:
     from zsad.detection.fit import fit_folder
+    from zsad.detection.settings import DetectorSettings
 
-    options = dict(backbone=args.backbone, false_alarm_rate=args.false_alarm_rate, shots=args.shots, working_size=args.working_size,
-                   tile_stride=args.tile_stride, device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size,
-                   map_combination=args.map_combination, aggregation=args.aggregation, tile_position=args.tile_position,
-                   skip_corrupt=args.skip_corrupt, blend=args.blend, bit_depth=args.bit_depth, preset=args.preset)
-    if args.scorer:
-        options["scorer"] = args.scorer
-    _, lines = fit_folder(args.normal_dir, args.out, force=args.force, **options)
+    settings = DetectorSettings(**_detector_flags(args))
+    _, lines = fit_folder(args.normal_dir, args.out, force=args.force, backbone=args.backbone, settings=settings)
     print("\n".join(lines))
     return 0
 
@@ -87,12 +93,9 @@ def _cmd_test(args) -> int:
     from zsad.config.schema import LoggerConfig
     from zsad.evaluation.industrial import IndustrialSettings, run_test
 
-    settings = IndustrialSettings(false_alarm_rate=args.false_alarm_rate, shots=args.shots, working_size=args.working_size, tile_stride=args.tile_stride,
-                                  map_combination=args.map_combination, aggregation=args.aggregation, blend=args.blend, bit_depth=args.bit_depth,
-                                  metric_size=args.metric_size, preset=args.preset, pixel_store=args.pixel_store,
-                                  baselines=not args.no_baselines, device=args.device, batch_size=args.batch_size, cache_dir=args.cache_dir)
-    if args.scorers:
-        settings.scorers = [s.strip() for s in args.scorers.split(",") if s.strip()]
+    flags = {k: v for k, v in _detector_flags(args).items() if k != "scorer"}
+    scorers = tuple(s.strip() for s in (args.scorers or "").split(",") if s.strip())
+    settings = IndustrialSettings(**flags, scorers=scorers, metric_size=args.metric_size, pixel_store=args.pixel_store, baselines=not args.no_baselines)
     logger = OmegaConf.merge(OmegaConf.structured(LoggerConfig), {"kind": args.logger})
     result = run_test(args.data, args.out, backbone=args.backbone, detector=args.detector, settings=settings, logger_cfg=logger)
     print(result["table_markdown"])
@@ -142,14 +145,14 @@ COMMANDS = {
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Where and how `zsad fit` and `zsad test` run."""
-    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, …")
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch (tiles of a batch share network calls)")
-    p.add_argument("--cache-dir", default="outputs/feature_cache", help="feature cache (default outputs/feature_cache)")
+    p.add_argument("--device", default=None, help="auto (a GPU if there is one; default), cpu, cuda, cuda:1, …")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default 16; tiles of a batch share network calls)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default outputs/feature_cache)")
 
 
 def _add_blend_option(p: argparse.ArgumentParser) -> None:
     """The options of how images become maps, shared by `zsad fit` and `zsad test`."""
-    p.add_argument("--blend", choices=["max", "hann", "mean"], default="max",
+    p.add_argument("--blend", choices=["max", "hann", "mean"], default=None,
                    help="how overlapping tile scores blend into the map: the per-pixel maximum (default), Hann-weighted, or the plain mean "
                    "(position-biased)")
     p.add_argument("--bit-depth", type=int, choices=[8, 10, 12, 14, 16], default=None,
@@ -186,18 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="diffpath-celeba32", help="a checkpoint file, hf://OWNER/REPO/FILE[@REV] or a known name "
                    "(diffpath-celeba32, openai-imagenet64, zsad-demo); default: diffpath-celeba32")
     p.add_argument("--scorer", default=None, help="default: zsad's recommended detector (diffpath_fused)")
-    p.add_argument("--false-alarm-rate", type=float, default=0.05, help="α: the share of normal images flagged, at most (default 0.05)")
+    p.add_argument("--false-alarm-rate", type=float, default=None, help="α: the share of normal images flagged, at most (default 0.05)")
     p.add_argument("--shots", type=int, default=None, help="fit on N normal images only (calibration stays the same)")
     p.add_argument("--working-size", type=int, default=None, help="the longer side images are resized to (aspect ratio kept) before they are "
                    "cut into tiles at the backbone's resolution (default: the images' median longer side, at most 256; the backbone's own size = "
                    "one tile per image)")
     p.add_argument("--tile-stride", type=int, default=None, help="pixels between tiles (default: half a tile)")
-    p.add_argument("--preset", choices=["default", "fast"], default="default", help="fast: tiles every tile and 2 trajectory steps, "
+    p.add_argument("--preset", choices=["default", "fast"], default=None, help="fast: tiles every tile and 2 trajectory steps, "
                    "about 18× less work (docs/speed.md gives its cost in AUROC); explicit --tile-stride wins")
     p.add_argument("--map-combination", choices=["tile", "tile+pixel", "pixel"], default=None,
                    help="anomaly map: tile scores, tile scores + the scorer's per-pixel maps (default where it has them), or pixel maps")
-    p.add_argument("--aggregation", choices=["max", "top_k"], default="max",
-                   help="image score: the maximum of the tile map, or the mean of its top 10%% of pixels")
+    p.add_argument("--aggregation", choices=["max", "top_k"], default=None,
+                   help="image score: the maximum of the tile map (default), or the mean of its top 10%% of pixels")
     p.add_argument("--tile-position", action="store_true", help="give the detector each tile's position too (objects at a fixed place)")
     _add_blend_option(p)
     _add_run_options(p)
@@ -239,10 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=None, help="fit on N normal images per category (calibration unchanged)")
     p.add_argument("--working-size", type=int, default=None, help="default: the category's median longer side, at most 256 (see zsad fit)")
     p.add_argument("--tile-stride", type=int, default=None, help="default: half a tile")
-    p.add_argument("--preset", choices=["default", "fast"], default="default", help="fast: tiles every tile and 2 trajectory steps "
+    p.add_argument("--preset", choices=["default", "fast"], default=None, help="fast: tiles every tile and 2 trajectory steps "
                    "(docs/speed.md); explicit --tile-stride wins")
     p.add_argument("--map-combination", choices=["tile", "tile+pixel", "pixel"], default=None)
-    p.add_argument("--aggregation", choices=["max", "top_k"], default="max")
+    p.add_argument("--aggregation", choices=["max", "top_k"], default=None, help="image score (default max)")
     _add_blend_option(p)
     p.add_argument("--metric-size", type=int, default=None, help="compute pixel metrics at this size instead of the masks' resolution")
     p.add_argument("--no-baselines", action="store_true", help="skip the pixel_gaussian and nearest_ssim rows")
@@ -310,12 +313,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
 
 
+def _default_cache_dir() -> str:
+    from zsad.detection.settings import DetectorSettings
+
+    return str(DetectorSettings.cache_dir)
+
+
 def _stopped_by_sigterm(args) -> str:
     """The one line after a SIGTERM: what the stopped command kept and what to rerun."""
     kept = {
         "train": "checkpoints written so far are kept (last.ckpt = the latest periodic one); the same command resumes from it (resume=auto)",
         "fit": f"no complete detector was written to {getattr(args, 'out', '')}; the features extracted so far are kept in the feature cache "
-               f"({getattr(args, 'cache_dir', '')}) and the same command (with --force if that folder exists now) continues from them",
+               f"({getattr(args, 'cache_dir', None) or _default_cache_dir()}) and the same command (with --force if that folder exists now) "
+               "continues from them",
         "evaluate": "the results table was not completed; the features extracted so far are kept in the feature cache and the same command reuses them",
         "ablate": "the ablation table was not completed; the features extracted so far are kept in the feature cache and the same command reuses them",
         "test": "the results table was not completed; the features extracted so far are kept in the feature cache and the same command reuses them",

@@ -64,7 +64,7 @@ def run_setting(data: Path, out: Path, backbone: str, setting: Setting, cache: P
     """`zsad test` of one setting with per-image pixel histograms; returns its wall seconds (0 when already run)."""
     if (out / "results.json").is_file():
         return 0.0
-    settings = IndustrialSettings(scorers=[SCORER], working_size=SIZE, tile_stride=setting.stride, blend="max",
+    settings = IndustrialSettings(scorers=(SCORER,), working_size=SIZE, tile_stride=setting.stride, blend="max",
                                   scorer_options=None if setting.steps is None else {"steps": setting.steps},
                                   baselines=False, variants=False, examples=0, pixel_store=True, device="cpu", batch_size=batch_size,
                                   cache_dir=str(cache))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from zsad.detection.conformal import check_rate, rate_spread
 from zsad.detection.inputs import as_images
 from zsad.detection.model import AnomalyDetector
+from zsad.detection.settings import DetectorSettings
 from zsad.errors import ConfigError
 
 
@@ -23,13 +24,16 @@ def check_output(normal_dir: Path, out: Path, force: bool) -> None:
         raise ConfigError(f"{out} already exists and is not empty. Choose another folder, or pass --force to replace it.")
 
 
-def fit_folder(normal_dir: str, out: str, force: bool = False, **options: Any) -> tuple[AnomalyDetector, list[str]]:
-    """Fit on the images under `normal_dir`, write the detector folder `out`; returns the detector and the summary lines."""
-    check_rate(options.get("false_alarm_rate", 0.05))
+def fit_folder(normal_dir: str, out: str, force: bool = False, backbone: str = "diffpath-celeba32", settings: Optional[DetectorSettings] = None,
+               **options: Any) -> tuple[AnomalyDetector, list[str]]:
+    """Fit on the images under `normal_dir`, write the detector folder `out`; returns the detector and the summary lines.
+    `settings` and keywords as `AnomalyDetector.fit` takes them."""
+    settings = (settings or DetectorSettings()).replace(**options)
+    check_rate(settings.false_alarm_rate)
     folder, target = Path(normal_dir), Path(out)
     check_output(folder, target, force)
     as_images(folder)  # an empty or missing folder is an error before the backbone is loaded
-    det = AnomalyDetector.fit(folder, **options)
+    det = AnomalyDetector.fit(folder, backbone=backbone, settings=settings)
     det.save(target, force=force)
     return det, summary_lines(det, target)
 

@@ -32,6 +32,7 @@ from zsad.detection.estimate import LONG_RUN_SECONDS, estimate, faster_settings,
 from zsad.detection.inputs import Images, as_images, bit_depth_of
 from zsad.detection.maps import MapSettings, anomaly_map, colour_scale, image_scores, map_threshold, pixel_map, tile_map, upsample
 from zsad.detection.presets import get_preset, preset_options
+from zsad.detection.settings import DetectorSettings
 from zsad.detection.sizing import choose_working_shape, image_sizes
 from zsad.detection.split import split_normal
 from zsad.diffusion.backbone import Backbone
@@ -41,7 +42,7 @@ from zsad.scoring.detector import GMMDetector, load_detector, make_detector
 from zsad.scoring.extraction import configure_precision, extract_features
 from zsad.scoring.feature_cache import FeatureCache
 from zsad.scoring.recipe import FeatureRecipe, RecipeMismatchError, recipe_for
-from zsad.scoring.scorers import RECOMMENDED_SCORER, SCORERS, Scorer, build_scorer, image_seeds
+from zsad.scoring.scorers import SCORERS, Scorer, build_scorer, image_seeds
 from zsad.scoring.tiles import TiledScorer, Tiling
 from zsad.utils.console import say, warn
 from zsad.utils.progress import progress_bar
@@ -126,56 +127,53 @@ class AnomalyDetector:
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def fit(cls, normal: Any, backbone: str | Backbone = "diffpath-celeba32", scorer: str = RECOMMENDED_SCORER, scorer_options: Optional[dict] = None,
-            false_alarm_rate: float = 0.05, shots: Optional[int] = None, working_size: Optional[int] = None, tile_stride: Optional[int] = None,
-            device: str = "auto", cache_dir: Optional[str | Path] = "outputs/feature_cache", batch_size: int = 16, network_batch: Optional[int] = None,
-            seed: int = 0, map_combination: Optional[str] = None, aggregation: str = "max", top_k: float = 0.1, tile_position: bool = False,
-            precision: str = "32-true", skip_corrupt: bool = False, require_rate: bool = True, blend: str = "max",
-            bit_depth: Optional[int] = None, preset: str = "default") -> "AnomalyDetector":
+    def fit(cls, normal: Any, backbone: str | Backbone = "diffpath-celeba32", settings: Optional[DetectorSettings] = None,
+            **options: Any) -> "AnomalyDetector":
         """Fit on normal images (a folder, paths, PIL images, arrays or a tensor): split by hashed name into a
         fit part and a calibration part, fit the detector on the fit part's tile features, calibrate on the rest.
-        `preset` (zsad.detection.presets) fills the tile stride and scorer options left unset."""
+        `settings` (DetectorSettings, its defaults when None) says how; keywords replace its fields
+        (`fit(normal, tile_stride=32)`). Its `preset` fills the tile stride and scorer options left unset."""
         t0 = time.time()
-        alpha = conformal.check_rate(false_alarm_rate)
-        get_preset(preset)  # a wrong name fails before any work
-        kind = build_scorer(scorer, **(scorer_options or {})).detector
-        if tile_position and kind != "gmm":  # before reading any image
-            raise ConfigError(f"--tile-position adds the tile's centre to a Gaussian mixture's features; scorer '{scorer}' is fitted by "
+        s = (settings or DetectorSettings()).detector_part().replace(**options)
+        alpha = conformal.check_rate(s.false_alarm_rate)
+        get_preset(s.preset)  # a wrong name fails before any work
+        kind = build_scorer(s.scorer, **(s.scorer_options or {})).detector  # an unknown scorer or option too
+        if s.tile_position and kind != "gmm":  # before reading any image
+            raise ConfigError(f"--tile-position adds the tile's centre to a Gaussian mixture's features; scorer '{s.scorer}' is fitted by "
                               f"its own {kind} detector, which reads its features by column. Leave --tile-position off.")
         images = as_images(normal)
         skipped: list[str] = []
-        if skip_corrupt:  # before the split, so that the calibration part keeps the size the rate needs
+        if s.skip_corrupt:  # before the split, so that the calibration part keeps the size the rate needs
             images, skipped = _readable_only(images)
-        dev = resolve_device(device)
+        dev = resolve_device(s.device)
         bb = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, device=dev)
-        scorer_options, tile_stride = preset_options(preset, SCORERS[scorer], scorer_options, tile_stride, bb.image_size)
-        shape = choose_working_shape(_checked(lambda: image_sizes(images)), bb.image_size, working_size, images.names, tile_stride)
+        scorer_options, tile_stride = preset_options(s.preset, SCORERS[s.scorer], s.scorer_options, s.tile_stride, bb.image_size)
+        shape = choose_working_shape(_checked(lambda: image_sizes(images)), bb.image_size, s.working_size, images.names, tile_stride)
         tiling = make_tiling(bb.image_size, (shape.height, shape.width), tile_stride)
-        split = split_normal(images.names, alpha, shots, tiling.count, require_rate=require_rate)
-        depth = _checked(lambda: bit_depth_of(images, override=bit_depth))  # one rule for the folder, recorded in the recipe
+        split = split_normal(images.names, alpha, s.shots, tiling.count, require_rate=s.require_rate)
+        depth = _checked(lambda: bit_depth_of(images, override=s.bit_depth))  # one rule for the folder, recorded in the recipe
         # CPU calls of 64 tiles: small networks are bound by per-call overhead at the scorers' CPU default of 8
-        network_batch = network_batch or (64 if dev.type == "cpu" else None)
-        options = {**(scorer_options or {}), **({"network_batch": int(network_batch)} if network_batch else {})}
-        inner = build_scorer(scorer, **options)
+        network_batch = s.network_batch or (64 if dev.type == "cpu" else None)
+        inner = build_scorer(s.scorer, **{**(scorer_options or {}), **({"network_batch": int(network_batch)} if network_batch else {})})
         preprocessing = {"image_size": [tiling.height, tiling.width], "center_crop": None, "tiles": tiling.to_dict(), "bit_depth": depth,
                          "version": PREPROCESSING_VERSION}
         configure_precision(False)
-        recipe = recipe_for(inner, bb, preprocessing, seed, dev, precision)
-        combination = map_combination or ("tile+pixel" if inner.map_meaning else "tile")
-        maps = MapSettings(combination=combination, aggregation=aggregation, top_k=top_k, blend=blend,
+        recipe = recipe_for(inner, bb, preprocessing, s.seed, dev, s.precision)
+        combination = s.map_combination or ("tile+pixel" if inner.map_meaning else "tile")
+        maps = MapSettings(combination=combination, aggregation=s.aggregation, top_k=s.top_k, blend=s.blend,
                            pixel_sigma=tiling.tile / 8 if tiling.count > 1 else 0.0)
         det = cls(bb, inner, tiling, None, recipe, maps,
-                  false_alarm_rate=alpha, tile_position=tile_position, precision=precision)
+                  false_alarm_rate=alpha, tile_position=s.tile_position, precision=s.precision)
         say(f"[fit] working shape {tiling.height}×{tiling.width} px: {shape.reason}; {depth}-bit pixel values")
         for note in shape.notes + ([f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}"] if skipped else []):
             say(f"[fit] note: {note}")
         say(f"[fit] {len(images)} normal images: {len(split.fit)} to fit, {len(split.calibration)} to calibrate (α = {alpha:g}); "
             f"{tiling.count} tile(s) of {tiling.tile} px per image, {det.network_evaluations_per_image():,} network evaluations per image")
         det.say_estimate(len(split.fit) + len(split.calibration), "[fit] expected time for fit and calibration")
-        fit_rows = det._fit_features(images.subset(split.fit), cache_dir, batch_size)
+        fit_rows = det._fit_features(images.subset(split.fit), s.cache_dir, s.batch_size)
         det._fit_density(fit_rows)
-        det._calibrate(images.subset(split.calibration), batch_size)
-        det.info = {"n_normal": len(images), "n_fit": len(split.fit), "n_calibration": len(split.calibration), "shots": shots,
+        det._calibrate(images.subset(split.calibration), s.batch_size)
+        det.info = {"n_normal": len(images), "n_fit": len(split.fit), "n_calibration": len(split.calibration), "shots": s.shots,
                     "source": str(images.root or images.label), "fit_seconds": round(time.time() - t0, 1),
                     "backbone": bb.source or bb.path, "scorer": inner.name, "rate_holds": split.rate_holds,
                     "working_shape_reason": shape.reason, "notes": shape.notes, "skipped": skipped,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,13 +25,13 @@ from zsad.detection.inputs import Images, image_size
 from zsad.detection.maps import MapSettings, anomaly_map, colour_scale, image_scores, map_threshold, pixel_map, tile_map, upsample
 from zsad.detection.model import MAP_QUANTILES, AnomalyDetector, resolve_device
 from zsad.detection.overlays import OverlayStyle, overlay, overlay_style
+from zsad.detection.settings import DetectorSettings
 from zsad.diffusion.backbone import Backbone
 from zsad.diffusion.loading import load_backbone
 from zsad.errors import ConfigError, DatasetNotFoundError
 from zsad.evaluation.ad_metrics import PixelMetricAccumulator, decision_rates, image_metrics, mean_over_categories, rate_ci
 from zsad.evaluation.baselines import BASELINES, build_baseline
 from zsad.evaluation.pixel_bootstrap import STORE_FOLDER, CategoryRun, ImagePixelHistograms, method_stem, save_run
-from zsad.scoring.scorers import RECOMMENDED_SCORER
 from zsad.scoring.tiles import BLENDS
 from zsad.utils.console import say
 from zsad.utils.files import disk_full_guard
@@ -39,34 +39,31 @@ from zsad.utils.loggers import build_logger, close_loggers, log_results, wandb_r
 
 METRICS = ("image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "pixel_aupr", "aupro")
 PIXEL_BINS = 20_000  # fine bins placed by the calibration maps' quantiles, overflow bins beyond (tests/test_ad_metrics.py)
-DEFAULT_RATE = 0.05
+DEFAULT_RATE = DetectorSettings.false_alarm_rate  # α where neither --false-alarm-rate nor a --detector gives one
 
 
-@dataclass
-class IndustrialSettings:
-    """What `zsad test` runs; the defaults are those of `zsad fit` (docs/method.md §7)."""
+@dataclass(frozen=True)
+class IndustrialSettings(DetectorSettings):
+    """What `zsad test` runs: every DetectorSettings field (the defaults of `zsad fit`, docs/method.md §7) and the
+    benchmark's own options below."""
 
-    scorers: list[str] = field(default_factory=lambda: [RECOMMENDED_SCORER])
-    false_alarm_rate: Optional[float] = None  # None: 0.05 when fitting, a --detector's own rate when testing one
-    shots: Optional[int] = None
-    working_size: Optional[int] = None
-    tile_stride: Optional[int] = None
-    preset: str = "default"  # zsad.detection.presets: fills the tile stride and scorer options left unset
-    scorer_options: Optional[dict] = None  # e.g. {"steps": 5}, for every scorer (each must have it), as AnomalyDetector.fit takes them
-    map_combination: Optional[str] = None
-    aggregation: str = "max"
-    blend: str = "max"
-    bit_depth: Optional[int] = None  # None: decided from each category's fit images
+    false_alarm_rate: Optional[float] = None  # None: DetectorSettings' default when fitting, a --detector's own rate when testing one
+    scorers: tuple[str, ...] = ()  # the table's methods, each fitted with these settings; empty: (scorer,)
     metric_size: Optional[int] = None  # pixel metrics at the masks' resolution unless set (masks and maps resized to it)
     baselines: bool = True
-    device: str = "auto"
-    batch_size: int = 16
-    cache_dir: Optional[str] = "outputs/feature_cache"
     examples: int = 3  # overlays of the best hits and the worst misses per category
     variants: bool = True  # ablation rows of the first scorer: the other map combination and image-score aggregation
     # Per category and method, each test image's pixel histograms, scores and labels in pixel_store/<category>/<method>.npz:
     # paired bootstrap intervals between two runs (experiments/paired_ad.py). Opt-in: large maps make large files.
     pixel_store: bool = False
+
+    def methods(self) -> list[str]:
+        return list(self.scorers) or [self.scorer]
+
+    def detector_settings(self, scorer: str) -> DetectorSettings:
+        """The settings one method of the table is fitted with: a row without rates rather than an error when a
+        category has too few normal images for α."""
+        return self.detector_part().replace(scorer=scorer, false_alarm_rate=self.false_alarm_rate or DEFAULT_RATE, require_rate=False)
 
 
 @dataclass
@@ -218,17 +215,12 @@ def evaluate_category(labelled: LabelledSet, bb: Optional[Backbone], detector: O
     test_images = Images(FileSource([i.path for i in labelled.test]), [i.name for i in labelled.test], None, labelled.category)
     labels = np.array([i.label for i in labelled.test])
     results, detectors, sheet = [], [], None
-    for name in ([None] if detector else settings.scorers):
+    for name in ([None] if detector else settings.methods()):
         t0 = time.time()
         if detector:
             det = AnomalyDetector.load(detector, device=settings.device)
         else:
-            det = AnomalyDetector.fit(_train_images(labelled), backbone=bb, scorer=name, scorer_options=settings.scorer_options,
-                                      false_alarm_rate=settings.false_alarm_rate or DEFAULT_RATE,
-                                      shots=settings.shots, working_size=settings.working_size, tile_stride=settings.tile_stride, device=settings.device,
-                                      cache_dir=settings.cache_dir, batch_size=settings.batch_size, map_combination=settings.map_combination,
-                                      aggregation=settings.aggregation, require_rate=False, blend=settings.blend,
-                                      bit_depth=settings.bit_depth, preset=settings.preset)
+            det = AnomalyDetector.fit(_train_images(labelled), backbone=bb, settings=settings.detector_settings(name))
             det.save(out / "detectors" / labelled.category / det.scorer.name, force=True)  # reusable: zsad score / zsad test --detector
         first = not detectors
         rows, examples = score_streamed(det, labelled, test_images, settings, variants=settings.variants and first and not detector,

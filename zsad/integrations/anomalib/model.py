@@ -34,6 +34,7 @@ from torch import nn
 from zsad.detection.inputs import Images, PILSource
 from zsad.detection.maps import upsample
 from zsad.detection.model import AnomalyDetector
+from zsad.detection.settings import DetectorSettings
 from zsad.errors import ConfigError
 from zsad.integrations.anomalib.calibration import Calibration, _scale, normalise
 from zsad.integrations.anomalib.version import require_anomalib
@@ -47,13 +48,14 @@ from anomalib.post_processing import PostProcessor  # noqa: E402
 from anomalib.pre_processing import PreProcessor  # noqa: E402
 from torchvision.transforms.v2 import Resize  # noqa: E402
 
-# AnomalyDetector.fit's options that this model passes on; their defaults live in fit's signature only (FIT_DEFAULTS).
-# Left out: `normal` (the training images), `skip_corrupt` (anomalib has decoded every image already) and `bit_depth`
-# (anomalib hands over 8-bit RGB, so the rule is always 8 bits).
+# The DetectorSettings fields this model takes as arguments, with the backbone; their defaults live in DetectorSettings
+# only (FIT_DEFAULTS). Left out: `skip_corrupt` (anomalib has decoded every image already) and `bit_depth` (anomalib hands
+# over 8-bit RGB, so the rule is always 8 bits).
 FIT_OPTIONS = ("backbone", "scorer", "scorer_options", "false_alarm_rate", "shots", "working_size", "tile_stride", "device", "cache_dir",
                "batch_size", "network_batch", "seed", "map_combination", "aggregation", "top_k", "tile_position", "precision",
-               "require_rate", "blend")
-FIT_DEFAULTS = {name: p.default for name, p in inspect.signature(AnomalyDetector.fit).parameters.items() if name in FIT_OPTIONS}
+               "require_rate", "blend", "preset")
+FIT_DEFAULTS = {"backbone": inspect.signature(AnomalyDetector.fit).parameters["backbone"].default,
+                **{name: value for name, value in DetectorSettings.defaults().items() if name in FIT_OPTIONS}}
 CHECKPOINT_KEY = "zsad_detector"
 CHECKPOINT_FORMAT = 1
 
@@ -157,7 +159,7 @@ class ZsadPostProcessor(PostProcessor):
 class Zsad(MemoryBankMixin, AnomalibModule):
     """zsad's diffusion detector (`AnomalyDetector`) as a one-class anomalib model.
 
-    Every option is `AnomalyDetector.fit`'s, with fit's default where left at None (`FIT_DEFAULTS`); `device` defaults to
+    Every option is a `DetectorSettings` field (or fit's backbone), with its default where left at None (`FIT_DEFAULTS`); `device` defaults to
     the device Lightning puts the model on. The backbone is a checkpoint file, a preset name (`zsad-demo`, ...) or an
     `hf://` address, given as a string so that it can be stored in the checkpoint.
     """
@@ -168,7 +170,7 @@ class Zsad(MemoryBankMixin, AnomalibModule):
                  network_batch: Optional[int] = None, seed: Optional[int] = None, map_combination: Optional[str] = None,
                  aggregation: Optional[str] = None, top_k: Optional[float] = None, tile_position: Optional[bool] = None,
                  precision: Optional[str] = None, require_rate: Optional[bool] = None, blend: Optional[str] = None,
-                 pre_processor: nn.Module | bool = True, post_processor: nn.Module | bool = True, evaluator: Any = True,
+                 preset: Optional[str] = None, pre_processor: nn.Module | bool = True, post_processor: nn.Module | bool = True, evaluator: Any = True,
                  visualizer: Any = True) -> None:
         super().__init__(pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer)
         given = {name: value for name, value in locals().items() if name in FIT_OPTIONS}

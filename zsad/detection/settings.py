@@ -1,0 +1,66 @@
+"""One settings object for a detector (issue 27 §4): `zsad fit`'s flags, `zsad test`'s settings (IndustrialSettings
+extends it), `AnomalyDetector.fit`'s keywords and the anomalib model's arguments are its fields. Each default is
+here and nowhere else, so a new option is one field (and a flag where a command shows it).
+
+    settings = DetectorSettings(tile_stride=32, false_alarm_rate=0.01)
+    det = AnomalyDetector.fit("normal/", backbone="zsad-demo", settings=settings)
+    det = AnomalyDetector.fit("normal/", backbone="zsad-demo", tile_stride=32)   # the same: keywords replace fields
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from zsad.errors import ConfigError
+from zsad.scoring.scorers import RECOMMENDED_SCORER
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """How a detector is fitted (the first group changes what is computed) and where it runs (the second does not)."""
+
+    scorer: str = RECOMMENDED_SCORER
+    scorer_options: Optional[dict] = None  # the scorer's own options, e.g. {"steps": 5}
+    preset: str = "default"  # zsad.detection.presets: fills the tile stride and scorer options left unset
+    false_alarm_rate: float = 0.05  # α: the share of normal images flagged, at most
+    shots: Optional[int] = None  # fit on this many normal images only (calibration unchanged)
+    working_size: Optional[int] = None  # the longer side; None: the images' median longer side, at most 256 (sizing.py)
+    tile_stride: Optional[int] = None  # pixels between tiles; None: the preset's (half a tile by default)
+    map_combination: Optional[str] = None  # tile, tile+pixel or pixel; None: tile+pixel where the scorer has pixel maps
+    aggregation: str = "max"  # image score: max of the map, or top_k (the mean of its top `top_k` share of pixels)
+    top_k: float = 0.1
+    blend: str = "max"  # overlapping tiles: the per-pixel maximum, hann or mean (maps.py)
+    tile_position: bool = False  # the tile's centre as two more features (a GMM's only)
+    bit_depth: Optional[int] = None  # None: decided from the normal images' largest value (inputs.py)
+    seed: int = 0
+    precision: str = "32-true"
+    skip_corrupt: bool = False  # unreadable images are counted and dropped before the split, instead of an error
+    require_rate: bool = True  # refuse a calibration part too small for α (zsad test keeps the row without rates instead)
+    device: str = "auto"
+    batch_size: int = 16  # images per batch (a batch's tiles share network calls)
+    network_batch: Optional[int] = None  # network calls per batch of tiles; None: 64 on a CPU, the scorer's own on a GPU
+    cache_dir: Optional[str] = "outputs/feature_cache"
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(DetectorSettings))
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """{field: default} of every detector setting."""
+        return {f.name: f.default for f in dataclasses.fields(DetectorSettings)}
+
+    def replace(self, **options: Any) -> "DetectorSettings":
+        """A copy with `options` replacing fields; an unknown name is an error that lists the known ones."""
+        known = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(f"Unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}. "
+                              f"Known: {', '.join(known)} ({type(self).__module__}.{type(self).__name__}).")
+        return dataclasses.replace(self, **options)
+
+    def detector_part(self) -> "DetectorSettings":
+        """Only the detector's own fields, as a plain DetectorSettings (for a subclass such as IndustrialSettings)."""
+        return DetectorSettings(**{name: getattr(self, name) for name in DetectorSettings.names()})
