@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -141,3 +143,8 @@ class IsotropicGaussianBackbone(Backbone):
         ab = self.alphas_cumprod[t].to(torch.float64)
         factor = ((1 - ab).sqrt() / self.variance(t)).to(x_t.dtype).view(-1, *[1] * (x_t.ndim - 1))
         return factor * x_t
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    """Every file under `root` by its relative path, with its bytes: two folders are equal file by file."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import level_coded
+from helpers import files_under, level_coded
 from PIL import Image
 
 from zsad.data.defects import CATEGORIES, COIN_SIDE, FAMILIES, _load_source, coin_cells, make_defect_benchmark, make_defect_image
@@ -22,10 +22,6 @@ SMALL = dict(n_train=6, n_test_good=4, n_test_defect_per_family=3)
 def bench(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("defects")
     return root, make_defect_benchmark(root, **SMALL)
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_the_benchmark_reads_back_as_mvtec(bench):
@@ -75,12 +71,12 @@ def test_masks_are_exact(bench):
 def test_two_runs_are_byte_identical_and_image_k_does_not_depend_on_counts(bench, tmp_path):
     root, _ = bench
     again = make_defect_benchmark(tmp_path / "again", **SMALL)
-    assert _files(root) == _files(tmp_path / "again") and again == {**bench[1], "root": str(tmp_path / "again")}
+    assert files_under(root) == files_under(tmp_path / "again") and again == {**bench[1], "root": str(tmp_path / "again")}
     make_defect_benchmark(tmp_path / "more", ["coins", "grass"], n_train=8, n_test_good=5, n_test_defect_per_family=4)
-    more = _files(tmp_path / "more")
-    assert all(more[name] == data for name, data in _files(root).items() if name.split("/")[0] in ("coins", "grass") and not name.endswith(".json"))
+    more = files_under(tmp_path / "more")
+    assert all(more[name] == data for name, data in files_under(root).items() if name.split("/")[0] in ("coins", "grass") and not name.endswith(".json"))
     other_seed = make_defect_benchmark(tmp_path / "seed1", ["brick"], seed=1, **SMALL)
-    assert other_seed["seed"] == 1 and _files(tmp_path / "seed1")["brick/train/good/000.png"] != _files(root)["brick/train/good/000.png"]
+    assert other_seed["seed"] == 1 and files_under(tmp_path / "seed1")["brick/train/good/000.png"] != files_under(root)["brick/train/good/000.png"]
 
 
 def test_reruns_replace_their_own_folders_and_refuse_foreign_ones(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import level_coded
+from helpers import files_under, level_coded
 from PIL import Image
 
 from zsad.data import perlin_defects
@@ -33,10 +33,6 @@ SMALL = dict(size=64, n_train=5, n_test_good=3, n_test_defect_per_family=3)
 def bench(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("perlin")
     return root, make_perlin_benchmark(root, **SMALL)
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_it_is_a_second_benchmark_not_the_first_again():
@@ -84,12 +80,12 @@ def test_masks_are_exact(bench):
 def test_reruns_are_byte_identical_and_image_k_does_not_depend_on_counts(bench, tmp_path):
     root, summary = bench
     again = make_perlin_benchmark(tmp_path / "again", **SMALL)
-    assert _files(tmp_path / "again") == _files(root) and again == {**summary, "root": str(tmp_path / "again")}
+    assert files_under(tmp_path / "again") == files_under(root) and again == {**summary, "root": str(tmp_path / "again")}
     make_perlin_benchmark(tmp_path / "more", ["moon"], size=64, n_train=7, n_test_good=4, n_test_defect_per_family=4)
-    more = _files(tmp_path / "more")
-    assert all(more[name] == data for name, data in _files(root).items() if name.startswith("moon/") and not name.endswith(".json"))
+    more = files_under(tmp_path / "more")
+    assert all(more[name] == data for name, data in files_under(root).items() if name.startswith("moon/") and not name.endswith(".json"))
     make_perlin_benchmark(tmp_path / "seed1", ["moon"], seed=1, **SMALL)
-    assert _files(tmp_path / "seed1")["moon/train/good/000.png"] != _files(root)["moon/train/good/000.png"]
+    assert files_under(tmp_path / "seed1")["moon/train/good/000.png"] != files_under(root)["moon/train/good/000.png"]
 
 
 def test_fit_and_test_crops_come_from_disjoint_source_regions(monkeypatch, tmp_path):

@@ -44,7 +44,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -278,6 +278,18 @@ def write_category(folder: Path, clean: Callable[[str, int], np.ndarray], defect
     (folder / MARKER).write_text(json.dumps({**marker, **entry}, indent=1, sort_keys=True) + "\n")
 
 
+def check_benchmark_request(generator: str, what: str, chosen: list[str], known: Iterable[str], size: int, counts: tuple[int, ...]) -> None:
+    """The argument checks both benchmark generators share: known categories, room for the defects, no empty split."""
+    known = list(known)
+    unknown = [c for c in chosen if c not in known]
+    if unknown:
+        raise UnknownNameError(f"Unknown {what} categor{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}. Known: {', '.join(known)}.")
+    if size < 16:
+        raise ConfigError(f"{generator}: size must be at least 16 px (the defects need room); got {size}.")
+    if min(counts) < 1:
+        raise ConfigError(f"{generator}: n_train, n_test_good and n_test_defect_per_family must each be at least 1.")
+
+
 def make_defect_benchmark(
     root: Path | str,
     categories: Optional[list[str]] = None,
@@ -289,13 +301,7 @@ def make_defect_benchmark(
 ) -> dict:
     """Write an MVTec-layout benchmark of `categories` (default: all) under `root`; returns a summary of what was written."""
     chosen = list(CATEGORIES) if categories is None else list(categories)
-    unknown = [c for c in chosen if c not in CATEGORIES]
-    if unknown:
-        raise UnknownNameError(f"Unknown defect-benchmark categor{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}. Known: {', '.join(CATEGORIES)}.")
-    if size < 16:
-        raise ConfigError(f"make_defect_benchmark: size must be at least 16 px (the defects need room); got {size}.")
-    if min(n_train, n_test_good, n_test_defect_per_family) < 1:
-        raise ConfigError("make_defect_benchmark: n_train, n_test_good and n_test_defect_per_family must each be at least 1.")
+    check_benchmark_request("make_defect_benchmark", "defect-benchmark", chosen, CATEGORIES, size, (n_train, n_test_good, n_test_defect_per_family))
     root = Path(root).expanduser()
     summary: dict = {"root": str(root), "size": size, "seed": seed, "families": list(FAMILIES), "categories": {}}
     for category in chosen:

@@ -37,9 +37,8 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image
 
-from zsad.data.defects import _rng, write_category
+from zsad.data.defects import _rng, check_benchmark_request, write_category
 from zsad.data.package_images import _skimage, block_crops
-from zsad.errors import ConfigError, UnknownNameError
 
 PERLIN_FAMILIES = ("foreign", "tone", "grain")
 FOREIGN_SOURCES = ("astronaut", "coffee", "chelsea", "rocket")
@@ -199,14 +198,8 @@ def make_perlin_benchmark(
 ) -> dict:
     """Write the second MVTec-layout benchmark of `categories` (default: all) under `root`; returns a summary."""
     chosen = list(PERLIN_CATEGORIES) if categories is None else list(categories)
-    unknown = [c for c in chosen if c not in PERLIN_CATEGORIES]
-    if unknown:
-        raise UnknownNameError(f"Unknown Perlin-benchmark categor{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}. "
-                               f"Known: {', '.join(PERLIN_CATEGORIES)}.")
-    if size < 16:
-        raise ConfigError(f"make_perlin_benchmark: size must be at least 16 px (the regions need room); got {size}.")
-    if min(n_train, n_test_good, n_test_defect_per_family) < 1:
-        raise ConfigError("make_perlin_benchmark: n_train, n_test_good and n_test_defect_per_family must each be at least 1.")
+    check_benchmark_request("make_perlin_benchmark", "Perlin-benchmark", chosen, PERLIN_CATEGORIES, size,
+                            (n_train, n_test_good, n_test_defect_per_family))
     root = Path(root).expanduser()
     summary: dict = {"root": str(root), "size": size, "seed": seed, "families": list(PERLIN_FAMILIES), "categories": {}}
     for category in chosen:
