@@ -1,9 +1,15 @@
 """`make bench-gpu`: network evaluations/s of the DiffPath CelebA-32 UNet (random weights, 32 px) on one
 GPU for batch sizes 256–2048 in fp32, TF32 and bf16, eager and compiled, with peak memory; then the
 whole extraction pipeline (data loading, seeds, scorer maths, cache writes) in images/s on generated
-images, against the bare network rate. Runs offline in a few minutes; writes outputs/bench/results_gpu.json.
+images, against the bare network rate; then the row of docs/speed.md's cost table: zsad's default detector
+(diffpath_fused over 32 px tiles every 16 px) on 256 px images, in images/s. Runs offline in a few minutes; writes
+outputs/bench/results_gpu.json.
 
-Usage: python bench/bench_gpu.py [--batches 256,512,1024,2048] [--no-compile] [--seconds 3] [--out …]
+`--detector-only --device cpu --detector-size 64` runs only the detector row on the CPU at a tiny size (the smoke
+test does, so the GPU code path is not unrun code).
+
+Usage: python bench/bench_gpu.py [--batches 256,512,1024,2048] [--no-compile] [--seconds 3] [--detector-only]
+       [--device cuda] [--detector-size 256] [--detector-images 32] [--preset default] [--out …]
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ from random_backbone import random_celeba32_backbone
 PRECISIONS = {"fp32": (torch.float32, False), "tf32": (torch.float32, True), "bf16": (torch.bfloat16, False)}
 
 
-def _backbone(compile_mode: str | None):
-    backbone = random_celeba32_backbone(device="cuda")
+def _backbone(compile_mode: str | None, device: str = "cuda"):
+    backbone = random_celeba32_backbone(device=device)
     if compile_mode:
         backbone.unet = torch.compile(backbone.unet, mode=compile_mode, dynamic=False)
     return backbone
@@ -77,17 +83,71 @@ def pipeline_rate(precision: str, images: int, batch: int, scorer_name: str = "d
             "images_per_s": images / elapsed, "evals_per_s": images * per_image / elapsed}
 
 
+def detector_rate(device: str, size: int, images: int, preset: str = "default", precision: str = "fp32") -> dict:
+    """Images/s of zsad's default detector (or a preset's) on `size` px images: the tiled scorer with the tiling and
+    network call size `zsad fit` gives it on this device, features and maps from one pass, as fit and score run it."""
+    from zsad.detection.model import default_network_batch, make_tiling
+    from zsad.detection.presets import preset_options
+    from zsad.scoring.scorers import RECOMMENDED_SCORER, SCORERS, build_scorer
+    from zsad.scoring.tiles import TiledScorer
+
+    backbone = _backbone(None, device)
+    options, stride = preset_options(preset, SCORERS[RECOMMENDED_SCORER], None, None, backbone.image_size)
+    tiling = make_tiling(backbone.image_size, (size, size), stride)
+    network_batch = default_network_batch(torch.device(device), tiling.count)  # as AnomalyDetector.fit chooses
+    scorer = TiledScorer(inner=build_scorer(RECOMMENDED_SCORER, network_batch=network_batch, **options), tiling=tiling, seed=0)
+    dtype, tf32 = PRECISIONS[precision]
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    x = torch.rand(images, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
+    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
+        scorer(backbone, x[:1], with_maps=True)  # warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        scorer(backbone, x, with_maps=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    return {"device": device, "precision": precision, "preset": preset, "size": size, "images": images, "tiles": tiling.count,
+            "stride": tiling.stride, "network_batch": scorer.network_batch_for(device),
+            "evaluations_per_image": scorer.network_evaluations_per_image(backbone.num_timesteps),
+            "images_per_s": images / elapsed, "seconds_per_image": elapsed / images}
+
+
+def _say_detector(r: dict) -> None:
+    print(f"detector {r['preset']} {r['size']} px ({r['tiles']} tiles, {r['evaluations_per_image']} evaluations/image) {r['device']} "
+          f"{r['precision']}: {r['images_per_s']:.3g} images/s = {r['seconds_per_image']:.3g} s per image", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", default="256,512,1024,2048")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--pipeline-images", type=int, default=20480)
+    parser.add_argument("--detector-only", action="store_true", help="only the default detector's row")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: the detector row's smoke run")
+    parser.add_argument("--detector-size", type=int, default=256)
+    parser.add_argument("--detector-images", type=int, default=32)
+    parser.add_argument("--preset", default="default", help="the detector row's preset (default, fast)")
     parser.add_argument("--out", default="outputs/bench/results_gpu.json")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("make bench-gpu needs a CUDA GPU; none is visible here (torch.cuda.is_available() is False).", file=sys.stderr)
+    if args.device == "cpu" and not args.detector_only:
+        print("--device cpu runs only the detector row: add --detector-only (the other rows are GPU rates).", file=sys.stderr)
         return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("make bench-gpu needs a CUDA GPU; none is visible here (torch.cuda.is_available() is False). "
+              "--detector-only --device cpu runs the detector row on the CPU.", file=sys.stderr)
+        return 2
+    if args.detector_only:
+        rows = [detector_rate(args.device, args.detector_size, args.detector_images, args.preset, p)
+                for p in (("fp32", "bf16") if args.device == "cuda" else ("fp32",))]
+        for r in rows:
+            _say_detector(r)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"torch": torch.__version__, "detector": rows}, indent=2))
+        return 0
     report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(), "network": [], "pipeline": []}
     print(f"# zsad bench-gpu on {report['gpu']}, torch {report['torch']}: DiffPath CelebA-32 UNet (52.5M parameters), 32×32")
     batches = [int(b) for b in args.batches.split(",")]
@@ -113,6 +173,9 @@ def main() -> int:
     report["default"] = r
     print(f"default  {RECOMMENDED_SCORER} bf16 batch 1024: {r['images_per_s']:8.0f} images/s, {r['evaluations_per_image']} evaluations/image",
           flush=True)
+    report["detector"] = [detector_rate("cuda", args.detector_size, args.detector_images, args.preset, p) for p in ("fp32", "bf16")]
+    for r in report["detector"]:
+        _say_detector(r)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"written to {args.out}")

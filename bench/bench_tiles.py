@@ -7,7 +7,9 @@ a quarter of the time and the per-image time at the default follows from the per
 `--preset fast` times the fast preset (zsad.detection.presets: tiles every tile, 2 steps) over the whole image: all
 its tiles, as it runs, nothing extrapolated.
 
-Usage: python bench/bench_tiles.py [--working-size 256] [--stride 32] [--preset default|fast] [--network-batch 64] [--out outputs/bench/tiles.json]
+`--steps N` times the scorer at N trajectory steps (the sweep's "half tile, 2 steps" row is `--stride 16 --steps 2`).
+
+Usage: python bench/bench_tiles.py [--working-size 256] [--stride 32] [--steps N] [--preset default|fast] [--network-batch 64] [--out outputs/bench/tiles.json]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def main() -> None:
     parser.add_argument("--working-size", type=int, default=256)
     parser.add_argument("--stride", type=int, default=32)
     parser.add_argument("--network-batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=None, help="trajectory steps (default: the scorer's or the preset's)")
     parser.add_argument("--preset", default=None, help="time a preset's own tiling and scorer options (overrides --stride)")
     parser.add_argument("--out", default="outputs/bench/tiles.json")
     args = parser.parse_args()
@@ -42,6 +45,8 @@ def main() -> None:
         from zsad.scoring.scorers import SCORERS
 
         options, stride = preset_options(args.preset, SCORERS[RECOMMENDED_SCORER], None, None, cfg.image_size)
+    if args.steps:
+        options = {**options, "steps": args.steps}
     inner = zsad.build_scorer(RECOMMENDED_SCORER, network_batch=args.network_batch, **options)
     tiling = Tiling(args.working_size, args.working_size, cfg.image_size, stride)
     default = Tiling(256, 256, cfg.image_size, cfg.image_size // 2)

@@ -1,4 +1,5 @@
-"""The benchmark scripts run (tiny sizes, CPU): `make bench-tiles` with the fast preset, and SCOPED's pass costs."""
+"""The benchmark scripts run (tiny sizes, CPU): `make bench-tiles` with the fast preset, SCOPED's pass costs, the GPU
+benchmark's detector row and the end-to-end detector benchmark."""
 
 from __future__ import annotations
 
@@ -31,3 +32,24 @@ def test_bench_jvp_prices_a_pass(tmp_path):
     # the ratios themselves are timings (one round at batch 1 on a shared CPU can invert them): `make bench` measures
     # them; here only that each pass was timed
     assert all(r["forward_equivalents"] > 0 and r["seconds_per_call"] > 0 for r in rows)
+
+
+def test_bench_gpu_detector_row_runs_on_the_cpu(tmp_path):
+    """The cost table's GPU row (default detector, images/s) is code that runs: here on the CPU at 64 px."""
+    out = tmp_path / "gpu.json"
+    _bench("bench_gpu.py", "--detector-only", "--device", "cpu", "--detector-size", "64", "--detector-images", "1", "--out", str(out))
+    (row,) = json.loads(out.read_text())["detector"]
+    # 64 px, 32 px tiles every 16 px: 3 × 3 tiles of 20 evaluations; 9 tiles get calls of 16 rows on a CPU
+    assert (row["preset"], row["tiles"], row["stride"], row["evaluations_per_image"], row["network_batch"]) == ("default", 9, 16, 180, 16)
+    assert row["images_per_s"] > 0 and row["seconds_per_image"] > 0
+
+
+def test_bench_detector_times_fit_and_score(tmp_path):
+    """bench/bench_detector.py: fit on generated normal images, score each test image alone, project the fit."""
+    out = tmp_path / "detector.json"
+    _bench("bench_detector.py", "--size", "32", "--normal", "14", "--test", "2", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert (report["tiles"], report["evaluations_per_image"]) == (1, 4) and report["scored"][0].startswith("good/")
+    assert not report["scored"][1].startswith("good/") and len(report["seconds"]) == 2
+    assert report["median_seconds"] <= report["max_seconds"] and report["fit_images"] == 14
+    assert report["projected_fit_seconds"]["300"] > report["projected_fit_seconds"]["100"] > 0

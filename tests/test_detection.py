@@ -443,3 +443,15 @@ def test_outlines_follow_the_rate_decisions_are_made_at(fitted_folder):
     assert det.maps_at(det.false_alarm_rate) is det.maps and det.maps.threshold == map_threshold(det.map_maxima, 0.1)
     wider = det.maps_at(0.3)
     assert wider.threshold == map_threshold(det.map_maxima, 0.3) < det.maps.threshold and wider.vmin == det.maps.vmin
+
+
+def test_cpu_network_calls_fit_the_tiles_of_an_image():
+    """Calls are padded to their full size: on a CPU an image of few tiles gets calls near its own size (a multiple of
+    8, up to 64), so one small image does not compute 64 rows for 4; GPUs keep the scorers' default."""
+    import torch
+
+    from zsad.detection.model import default_network_batch
+
+    cpu = torch.device("cpu")
+    assert [default_network_batch(cpu, t) for t in (1, 4, 8, 9, 16, 49, 64, 225)] == [8, 8, 8, 16, 16, 56, 64, 64]
+    assert default_network_batch(torch.device("cuda"), 4) is None

@@ -111,6 +111,14 @@ def make_tiling(image_size: int, shape: tuple[int, int], tile_stride: Optional[i
     return Tiling(int(shape[0]), int(shape[1]), image_size, int(tile_stride or max(1, image_size // 2)))
 
 
+def default_network_batch(device: torch.device, tiles: int) -> Optional[int]:
+    """The detector's network call size when none is given: on a CPU up to 64 tiles a call, since small networks are
+    bound by per-call overhead at the scorers' CPU default of 8; but every call is padded to its full size, so an image
+    of few tiles gets calls near its own size (one 64 px image of 4 tiles in 64-row calls computed 16 times its work,
+    bench/bench_detector.py). None on a GPU: the scorers' own default."""
+    return min(64, 8 * -(-tiles // 8)) if device.type == "cpu" else None
+
+
 class AnomalyDetector:
     """A diffusion-feature detector fitted on normal images, with a calibrated false-alarm rate."""
 
@@ -152,8 +160,7 @@ class AnomalyDetector:
         tiling = make_tiling(bb.image_size, (shape.height, shape.width), tile_stride)
         split = split_normal(images.names, alpha, s.shots, tiling.count, require_rate=s.require_rate)
         depth = _checked(lambda: bit_depth_of(images, override=s.bit_depth))  # one rule for the folder, recorded in the recipe
-        # CPU calls of 64 tiles: small networks are bound by per-call overhead at the scorers' CPU default of 8
-        network_batch = s.network_batch or (64 if dev.type == "cpu" else None)
+        network_batch = s.network_batch or default_network_batch(dev, tiling.count)
         inner = build_scorer(s.scorer, **{**(scorer_options or {}), **({"network_batch": int(network_batch)} if network_batch else {})})
         preprocessing = {"image_size": [tiling.height, tiling.width], "center_crop": None, "tiles": tiling.to_dict(), "bit_depth": depth,
                          "version": PREPROCESSING_VERSION}
@@ -186,7 +193,10 @@ class AnomalyDetector:
     def say_estimate(self, images: int, what: str) -> float:
         """Print (and log) the expected seconds of running `images` images, from one timed network call; past
         `LONG_RUN_SECONDS` on a CPU, also the settings that would cut it most. Returns the estimate."""
-        per_evaluation = seconds_per_evaluation(self.backbone, self.scorer.network_batch_for(self.backbone.alphas_cumprod.device))
+        evaluations = images * self.network_evaluations_per_image()
+        # the timed call costs at most 5% of the run: a whole 64-tile call would add a quarter to one fast-preset image
+        rows = max(1, min(self.scorer.network_batch_for(self.backbone.alphas_cumprod.device), evaluations // 20))
+        per_evaluation = seconds_per_evaluation(self.backbone, rows)
         guess = estimate(per_evaluation, images, self.network_evaluations_per_image())
         say(guess.sentence(what))
         if guess.seconds > LONG_RUN_SECONDS and self.backbone.alphas_cumprod.device.type == "cpu":
