@@ -2,7 +2,12 @@
 benchmarks at 128 px with the demo model (16 px tiles: as many per side as 256 px with 32 px tiles), each with
 per-image pixel histograms; then the paired Δ of every candidate against the default and the rule's decision.
 
-    python experiments/fast_preset/sweep.py --backbone CKPT [--out outputs/fast_preset] [--settings default,fast,...]
+    python experiments/fast_preset/sweep.py --backbone CKPT [--out outputs/fast_preset] [--settings default,fast,...] [--size 128]
+
+`--size 64 --settings default,upsampled=2x` is the working-size ablation (issue 26 §1): the benchmarks at 64 px,
+scored at their own size (the default's rule) and upsampled 2× (the old 256 px default's 8 tiles per side with 32 px
+tiles, here with the demo model's 16 px tiles). Settings that cost more than the default are ablation rows, never
+candidates of the rule.
 
 Writes OUT/data/{ad_demo,perlin} (the benchmarks), OUT/<benchmark>/<setting>/ (`zsad test` folders),
 OUT/<benchmark>.json (choose_fast.py's tables), OUT/times.json and OUT/results.md (the tables and the decision).
@@ -35,8 +40,9 @@ AD_DEMO_CATEGORIES = ["brick", "grass", "gravel", "tissue", "coins"]
 
 @dataclass(frozen=True)
 class Setting:
-    stride: int  # tile stride in px at 128 px with 16 px tiles
+    stride: int  # tile stride in px with 16 px tiles
     steps: Optional[int]  # None: the scorer's own (10)
+    upsample: int = 1  # working size = images' size × this; 1: the default's own-size rule (no --working-size)
 
 
 SETTINGS = {
@@ -46,12 +52,13 @@ SETTINGS = {
     "steps=2": Setting(TILE // 2, 2),
     "steps=3": Setting(TILE // 2, 3),
     "steps=5": Setting(TILE // 2, 5),
+    "upsampled=2x": Setting(TILE // 2, None, upsample=2),  # an ablation row: the working-size rule against upsampling
 }
 
 
-def make_benchmarks(root: Path) -> dict[str, Path]:
-    """Both benchmarks at 128 px, 60 fit images, 20 normal test images and 10 per defect family per category."""
-    counts = dict(size=SIZE, n_train=60, n_test_good=20, n_test_defect_per_family=10, seed=0)
+def make_benchmarks(root: Path, size: int = SIZE) -> dict[str, Path]:
+    """Both benchmarks at `size` px, 60 fit images, 20 normal test images and 10 per defect family per category."""
+    counts = dict(size=size, n_train=60, n_test_good=20, n_test_defect_per_family=10, seed=0)
     paths = {"ad_demo": root / "ad_demo", "perlin": root / "perlin"}
     if not (paths["ad_demo"] / "coins").is_dir():
         make_defect_benchmark(paths["ad_demo"], AD_DEMO_CATEGORIES, **counts)
@@ -60,11 +67,12 @@ def make_benchmarks(root: Path) -> dict[str, Path]:
     return paths
 
 
-def run_setting(data: Path, out: Path, backbone: str, setting: Setting, cache: Path, batch_size: int) -> float:
+def run_setting(data: Path, out: Path, backbone: str, setting: Setting, cache: Path, batch_size: int, size: int = SIZE) -> float:
     """`zsad test` of one setting with per-image pixel histograms; returns its wall seconds (0 when already run)."""
     if (out / "results.json").is_file():
         return 0.0
-    settings = IndustrialSettings(scorers=(SCORER,), working_size=SIZE, tile_stride=setting.stride, blend="max",
+    working_size = None if setting.upsample == 1 else size * setting.upsample  # None: each category's own size
+    settings = IndustrialSettings(scorers=(SCORER,), working_size=working_size, tile_stride=setting.stride, blend="max",
                                   scorer_options=None if setting.steps is None else {"steps": setting.steps},
                                   baselines=False, variants=False, examples=0, pixel_store=True, device="cpu", batch_size=batch_size,
                                   cache_dir=str(cache))
@@ -102,18 +110,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--benchmarks", default="ad_demo,perlin")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=SIZE, help="the benchmarks' image size (64 for the working-size ablation)")
     args = parser.parse_args(argv)
     names = [s for s in args.settings.split(",") if s]
     unknown = [s for s in names if s not in SETTINGS]
     if unknown or names[:1] != ["default"]:
         parser.error(f"settings must start with default and come from {', '.join(SETTINGS)}; got {args.settings}")
     out = args.out
-    benches = {k: v for k, v in make_benchmarks(out / "data").items() if k in args.benchmarks.split(",")}
+    benches = {k: v for k, v in make_benchmarks(out / "data", args.size).items() if k in args.benchmarks.split(",")}
     times_path = out / "times.json"
     times = json.loads(times_path.read_text()) if times_path.is_file() else {}
     for name in names:  # setting by setting, so that an interrupted sweep has the default and the first candidates on both
         for bench, data in benches.items():
-            seconds = run_setting(data, out / bench / name, args.backbone, SETTINGS[name], out / "feature_cache", args.batch_size)
+            seconds = run_setting(data, out / bench / name, args.backbone, SETTINGS[name], out / "feature_cache", args.batch_size,
+                                   args.size)
             if seconds:
                 times[f"{bench}/{name}"] = round(seconds, 1)
                 times_path.write_text(json.dumps(times, indent=1) + "\n")
@@ -129,7 +139,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             lines.append(f"| {name} | {evaluations_per_image(out / bench / name)} | {means[name]['image_auroc']:.3f} | "
                          f"{means[name]['aupro']:.3f} | {times.get(f'{bench}/{name}', '–')} |")
         lines.append("")
-    _, decision = choose(tables)
+    # only settings cheaper than the default compete; the others are ablation rows, shown with their paired Δ
+    ablation = [[r for r in t["rows"] if SETTINGS[r["setting"]].upsample > 1] for t in tables]
+    _, decision = choose([{**t, "rows": [r for r in t["rows"] if SETTINGS[r["setting"]].upsample == 1]} for t in tables])
+    for t, rows in zip(tables, ablation):
+        decision += [f"ablation on {t['benchmark']}: {r['setting']} ({r['evaluations_per_image']} evaluations) against the default: "
+                     + ", ".join(f"Δ {m} {r[m][0]:+.3f} [{r[m][1]:+.3f}, {r[m][2]:+.3f}]" for m in ("image_auroc", "aupro")) for r in rows]
     lines += ["## Paired Δ against the default and the rule", "", *decision]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
