@@ -148,3 +148,23 @@ class IsotropicGaussianBackbone(Backbone):
 def files_under(root: Path) -> dict[str, bytes]:
     """Every file under `root` by its relative path, with its bytes: two folders are equal file by file."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def write_visa_layout(root: Path, category: str, train: list, test_good: list, anomalies: list) -> None:
+    """VisA's own layout for `category` under `root`: <category>/Data/Images/{Normal,Anomaly}/*.JPG (JPEG, as VisA ships),
+    <category>/Data/Masks/Anomaly/*.png and split_csv/1cls.csv (the split anomalib's Visa applies). `train` and
+    `test_good` are (name, PIL image) pairs, `anomalies` (name, image, mask) triples; names have no extension."""
+    rows, data = ["object,split,label,image,mask"], root / category / "Data"
+    for sub in ("Images/Normal", "Images/Anomaly", "Masks/Anomaly"):
+        (data / sub).mkdir(parents=True, exist_ok=True)
+    for split, items in (("train", train), ("test", test_good)):
+        for name, image in items:
+            image.convert("RGB").save(data / "Images" / "Normal" / f"{name}.JPG", quality=95)
+            rows.append(f"{category},{split},normal,{category}/Data/Images/Normal/{name}.JPG,")
+    for name, image, mask in anomalies:
+        image.convert("RGB").save(data / "Images" / "Anomaly" / f"{name}.JPG", quality=95)
+        mask.save(data / "Masks" / "Anomaly" / f"{name}.png")
+        rows.append(f"{category},test,anomaly,{category}/Data/Images/Anomaly/{name}.JPG,{category}/Data/Masks/Anomaly/{name}.png")
+    (root / "split_csv").mkdir(exist_ok=True)
+    with (root / "split_csv" / "1cls.csv").open("a") as f:
+        f.write("\n".join(rows if f.tell() == 0 else rows[1:]) + "\n")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_visa_layout
 
 from zsad.errors import ConfigError, ZsadError
 
@@ -212,26 +213,14 @@ def test_mistakes_are_clear_errors(fitted, tmp_path):
 
 
 def _visa_layout(root: Path, coins: Path) -> None:
-    """VisA's own layout for one of its 12 categories, "candle", from the 16 px coins: candle/Data/Images/{Normal,Anomaly}/*.JPG
-    (JPEG, as VisA ships), candle/Data/Masks/Anomaly/*.png, and split_csv/1cls.csv, the split anomalib's Visa applies."""
+    """VisA's own layout for one of its 12 categories, "candle", from the 16 px coins (tests/helpers.py writes it)."""
     from PIL import Image
 
-    rows, data = ["object,split,label,image,mask"], root / "candle" / "Data"
-    for sub in ("Images/Normal", "Images/Anomaly", "Masks/Anomaly"):
-        (data / sub).mkdir(parents=True)
-    for split, folder, count in (("train", coins / "train" / "good", N_TRAIN), ("test", coins / "test" / "good", 6)):
-        for path in sorted(folder.glob("*.png"))[:count]:
-            name = f"{split}_{path.stem}.JPG"
-            Image.open(path).convert("RGB").save(data / "Images" / "Normal" / name, quality=95)
-            rows.append(f"candle,{split},normal,candle/Data/Images/Normal/{name},")
-    for family in FAMILIES:
-        for path in sorted((coins / "test" / family).glob("*.png")):
-            name = f"{family}_{path.stem}"
-            Image.open(path).convert("RGB").save(data / "Images" / "Anomaly" / f"{name}.JPG", quality=95)
-            Image.open(coins / "ground_truth" / family / f"{path.stem}_mask.png").save(data / "Masks" / "Anomaly" / f"{name}.png")
-            rows.append(f"candle,test,anomaly,candle/Data/Images/Anomaly/{name}.JPG,candle/Data/Masks/Anomaly/{name}.png")
-    (root / "split_csv").mkdir()
-    (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    train = [(f"train_{p.stem}", Image.open(p)) for p in sorted((coins / "train" / "good").glob("*.png"))[:N_TRAIN]]
+    good = [(f"test_{p.stem}", Image.open(p)) for p in sorted((coins / "test" / "good").glob("*.png"))[:6]]
+    bad = [(f"{family}_{p.stem}", Image.open(p), Image.open(coins / "ground_truth" / family / f"{p.stem}_mask.png"))
+           for family in FAMILIES for p in sorted((coins / "test" / family).glob("*.png"))]
+    write_visa_layout(root, "candle", train, good, bad)
 
 
 def test_visa_through_anomalibs_datamodule_and_its_split_csv(fitted, tmp_path, monkeypatch):
@@ -242,7 +231,7 @@ def test_visa_through_anomalibs_datamodule_and_its_split_csv(fitted, tmp_path, m
     from anomalib.data import Visa
 
     from zsad import AnomalyDetector
-    from zsad.data.layouts import read_mvtec
+    from zsad.data.layouts import load_mask, read_mvtec, read_visa
 
     def no_download(*args, **kwargs):
         raise AssertionError("anomalib tried to download VisA: the fixture's layout was not recognised")
@@ -262,6 +251,13 @@ def test_visa_through_anomalibs_datamodule_and_its_split_csv(fitted, tmp_path, m
     resolved = lambda paths: sorted(str(Path(p).resolve()) for p in paths)
     assert resolved(labelled.train) == resolved(dm.train_data.samples.image_path) and resolved(i.path for i in labelled.test) == resolved(pred["path"])
     assert labelled.has_masks and sum(i.mask is not None for i in labelled.test) == 8
+    # `zsad test --data visa:<root>` reads VisA's own layout and split CSV in place: the same images, labels and masks
+    (raw,) = read_visa(root, "candle")
+    content = lambda paths: sorted(Path(p).read_bytes() for p in paths)
+    assert content(raw.train) == content(labelled.train) and raw.has_masks
+    assert sorted((Path(i.path).name, i.label, i.defect) for i in raw.test) == sorted((Path(i.path).name, i.label, i.defect) for i in labelled.test)
+    masks = lambda items: sorted((Path(i.path).stem, load_mask(i).tobytes()) for i in items if i.label)
+    assert masks(raw.test) == masks(labelled.test)
     det = AnomalyDetector.fit(split / "train" / "good", backbone=fitted["backbone"], false_alarm_rate=ALPHA, device="cpu",
                               cache_dir=tmp_path / "cache_api", **CHEAP)
     ref = det.score(list(pred["path"]), with_maps=False)

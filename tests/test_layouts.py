@@ -1,5 +1,5 @@
-"""Labelled layouts (zsad/data/layouts.py): MVTec AD's tree and anomalib-style folders, their masks, and the
-errors a user can cause, on tiny fixtures that use MVTec's real folder and file names."""
+"""Labelled layouts (zsad/data/layouts.py): MVTec AD's tree, VisA's split CSV and anomalib-style folders, their masks,
+and the errors a user can cause, on tiny fixtures that use the datasets' real folder and file names."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_visa_layout
 from PIL import Image
 
-from zsad.data.layouts import LabelledItem, check_masks, load_mask, parse_data_spec, read_folder, read_mvtec
+from zsad.data.layouts import LabelledItem, check_masks, load_mask, parse_data_spec, read_folder, read_mvtec, read_visa
 from zsad.errors import ConfigError, DataLeakageError, DatasetNotFoundError, UnknownNameError, ZsadError
 
 
@@ -231,7 +232,7 @@ def test_parse_data_spec_both_forms_and_bad_specs(tmp_path):
     assert masked.has_masks and sum(i.label for i in masked.test) == 3
     (full,) = parse_data_spec(f"folder:{d['good']}, {d['bad']}, mask={d['masks']}, normal_test={d['good_test']}, name=widget")
     assert full.category == "widget" and full.has_masks and len(full.train) == 40 and sum(1 - i.label for i in full.test) == 3
-    for bad in ("nonsense", "mvtec:", f"folder:{d['good']}", "folder:a,b,c,d", "folder:a,b,colour=red", "visa:/data"):
+    for bad in ("nonsense", "mvtec:", f"folder:{d['good']}", "folder:a,b,c,d", "folder:a,b,colour=red", "visa2:/data"):
         with pytest.raises(ZsadError) as err:
             parse_data_spec(bad)
         assert isinstance(err.value, (ConfigError, UnknownNameError))
@@ -239,3 +240,59 @@ def test_parse_data_spec_both_forms_and_bad_specs(tmp_path):
             assert "mvtec:ROOT[/CATEGORY]" in str(err.value) and "folder:NORMAL_DIR,ABNORMAL_DIR[,MASK_DIR]" in str(err.value)
         else:
             assert "folder:NORMAL_DIR,ABNORMAL_DIR[,MASK_DIR]" in str(err.value)
+
+
+def _visa(root: Path, category: str = "candle", n_train: int = 3, n_good: int = 2, n_bad: int = 2) -> Path:
+    """One category in VisA's own layout (JPEG images, PNG masks with VisA's non-255 label values, split_csv/1cls.csv)."""
+    grey = lambda v: Image.new("RGB", (10, 8), (v, v, v))
+    mask = np.zeros((8, 10), np.uint8)
+    mask[2:5, 3:7] = 1  # VisA's masks mark defects with small label values, not 255
+    write_visa_layout(root, category, [(f"{i:04d}", grey(120)) for i in range(n_train)], [(f"{100 + i:04d}", grey(130)) for i in range(n_good)],
+                      [(f"{i:03d}", grey(40), Image.fromarray(mask, "L")) for i in range(n_bad)])
+    return root
+
+
+def test_visa_split_csv_is_read_in_place(tmp_path):
+    """VisA as it ships: the split file divides the normal images into fit and test; anomalies are "bad" with their masks."""
+    root = _visa(tmp_path / "visa")
+    (visa,) = read_visa(root, "candle")
+    assert visa.category == "candle" and visa.has_masks and visa.notes == []
+    assert [p.name for p in visa.train] == ["0000.JPG", "0001.JPG", "0002.JPG"]
+    assert [(i.name, i.label, i.defect, i.mask.name if i.mask else None) for i in visa.test] == [
+        ("Data/Images/Anomaly/000.JPG", 1, "bad", "000.png"), ("Data/Images/Anomaly/001.JPG", 1, "bad", "001.png"),
+        ("Data/Images/Normal/0100.JPG", 0, "good", None), ("Data/Images/Normal/0101.JPG", 0, "good", None)]
+    assert load_mask(visa.test[0]).sum() == 12 and not load_mask(visa.test[2]).any()
+    assert check_masks(visa) == {"checked": 2, "resized": 0, "missing": []}
+
+
+def test_visa_every_category_and_the_spec_forms(tmp_path):
+    root = _visa(tmp_path / "visa")
+    _visa(root, "pcb1", n_train=2, n_good=1, n_bad=1)
+    assert [s.category for s in read_visa(root)] == ["candle", "pcb1"]
+    assert [s.category for s in parse_data_spec(f"visa:{root}")] == ["candle", "pcb1"]
+    (pcb,) = parse_data_spec(f"visa:{root / 'pcb1'}")
+    assert pcb.category == "pcb1" and len(pcb.train) == 2 and [i.label for i in pcb.test] == [1, 0]
+    with pytest.raises(UnknownNameError, match="no category 'candel'. Did you mean candle.*Categories: candle, pcb1"):
+        parse_data_spec(f"visa:{root / 'candel'}")
+
+
+def test_visa_errors_name_the_file_and_what_to_do(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="no split file .*split_csv/1cls.csv.*holds split_csv/"):
+        read_visa(_mvtec(tmp_path / "mvtec").parent)
+    root = _visa(tmp_path / "absent")
+    (root / "candle" / "Data" / "Images" / "Normal" / "0001.JPG").unlink()
+    with pytest.raises(DatasetNotFoundError, match="1 image.*not on disk.*candle/Data/Images/Normal/0001.JPG.*Re-extract"):
+        read_visa(root)
+    root = _visa(tmp_path / "nomask")
+    (root / "candle" / "Data" / "Masks" / "Anomaly" / "001.png").unlink()
+    with pytest.raises(DatasetNotFoundError, match="1 defect image.*no ground-truth mask.*001.JPG.*Masks/Anomaly"):
+        read_visa(root)
+    root = _visa(tmp_path / "leak")
+    csv_file = root / "split_csv" / "1cls.csv"
+    anomaly = "anomaly,candle/Data/Images/Anomaly/000.JPG"
+    csv_file.write_text(csv_file.read_text().replace(f"candle,test,{anomaly}", f"candle,train,{anomaly}"))
+    with pytest.raises(DataLeakageError, match="anomalous image candle/Data/Images/Anomaly/000.JPG for training"):
+        read_visa(root)
+    csv_file.write_text("object,split,image\ncandle,train,x.JPG\n")
+    with pytest.raises(DatasetNotFoundError, match="lacks the column.*label, mask"):
+        read_visa(root)

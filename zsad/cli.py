@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(pixel_gaussian, nearest_ssim). Writes results.{md,csv,json}, overlays of the best hits and worst misses, and a W&B run.",
         epilog="example: zsad test --data mvtec:data/mvtec_anomaly_detection/bottle --backbone diffpath-celeba32 -o outputs/test/bottle",
     )
-    p.add_argument("--data", required=True, help="mvtec:ROOT[/CATEGORY] or folder:NORMAL_DIR,ABNORMAL_DIR[,MASK_DIR]")
+    p.add_argument("--data", required=True,
+                   help="mvtec:ROOT[/CATEGORY], visa:ROOT[/CATEGORY] (VisA with its split_csv/) or folder:NORMAL_DIR,ABNORMAL_DIR[,MASK_DIR]")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--backbone", default=None, help="the base model to fit with (a file, hf://… or a known name)")
     p.add_argument("--detector", default=None, help="test a detector folder already fitted by `zsad fit` instead of fitting")

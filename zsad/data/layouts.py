@@ -8,12 +8,17 @@ Layouts (`LAYOUTS`, selected by `parse_data_spec`):
   of masks (matched to abnormal images by file stem) and one of normal test images. Without the latter a
   hashed share of the normal folder is held out as normal test images (used neither to fit nor to calibrate).
 
-A new layout (e.g. VisA's split CSV) is one reader plus one `LAYOUTS` entry.
+* `visa`: VisA as it ships, `<root>/split_csv/1cls.csv` (columns object, split, label, image, mask; paths relative to
+  `<root>`) over `<root>/<category>/Data/{Images/Normal, Images/Anomaly, Masks/Anomaly}`: the split anomalib's `Visa`
+  applies when it writes `visa_pytorch/`, read in place.
+
+A new layout is one reader plus one `LAYOUTS` entry.
 Masks are binarised on reading: any value > 0 is a defect pixel (MVTec's masks are 0/255).
 """
 
 from __future__ import annotations
 
+import csv
 import difflib
 import hashlib
 import os
@@ -238,6 +243,85 @@ def read_folder(
     return labelled
 
 
+# ---------------------------------------------------------------------------------------------- VisA
+
+VISA_SPLIT = Path("split_csv") / "1cls.csv"
+VISA_COLUMNS = ("object", "split", "label", "image", "mask")
+VISA_EXPECTED = "<root>/split_csv/1cls.csv and <root>/<category>/Data/Images/{Normal,Anomaly}/ (+ Data/Masks/Anomaly/)"
+
+
+def _visa_rows(root: Path) -> list[dict]:
+    csv_path = root / VISA_SPLIT
+    if not csv_path.is_file():
+        raise DatasetNotFoundError(f"VisA: no split file '{csv_path}' (expected {VISA_EXPECTED}). Point the root at the extracted VisA folder, "
+                                   "the one that holds split_csv/ and the category folders.")
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in VISA_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetNotFoundError(f"VisA: '{csv_path}' lacks the column(s) {', '.join(missing)}; VisA's split file has "
+                                       f"{', '.join(VISA_COLUMNS)}. Restore split_csv/1cls.csv from the VisA archive.")
+        return [{k: (row[k] or "").strip() for k in VISA_COLUMNS} for row in reader]
+
+
+def _read_visa_category(root: Path, category: str, rows: list[dict]) -> LabelledSet:
+    train: list[Path] = []
+    test: list[LabelledItem] = []
+    absent: list[str] = []
+    missing_masks: list[tuple[Path, str]] = []
+    for row in rows:
+        path, anomalous = root / row["image"], row["label"] == "anomaly"
+        if row["label"] not in ("normal", "anomaly") or row["split"] not in ("train", "test"):
+            raise DatasetNotFoundError(f"VisA: '{root / VISA_SPLIT}' has split '{row['split']}', label '{row['label']}' for {row['image']}; "
+                                       "VisA's are train/test and normal/anomaly. Restore the split file from the VisA archive.")
+        if not path.is_file():
+            absent.append(row["image"])
+            continue
+        name = path.relative_to(root / category).as_posix() if path.is_relative_to(root / category) else row["image"]
+        if row["split"] == "train":
+            if anomalous:
+                raise DataLeakageError(f"VisA: the split file lists the anomalous image {row['image']} for training. "
+                                       "Fit images must be normal: restore split_csv/1cls.csv from the VisA archive.")
+            train.append(path)
+            continue
+        mask = root / row["mask"] if anomalous and row["mask"] else None
+        if anomalous and (mask is None or not mask.is_file()):
+            missing_masks.append((path, str(mask) if mask else "a mask path in the split file's mask column"))
+            continue
+        test.append(LabelledItem(path, int(anomalous), mask, "bad" if anomalous else "good", name))
+    if absent:
+        more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
+        raise DatasetNotFoundError(f"VisA '{category}': {len(absent)} image(s) the split file lists are not on disk under '{root}': "
+                                   f"{', '.join(absent[:3])}{more}. Re-extract the category's folder from the VisA archive.")
+    if missing_masks:
+        raise _missing_mask_error(missing_masks, "Re-extract the category's Data/Masks/Anomaly/ folder from the VisA archive.")
+    if not train:
+        raise DatasetNotFoundError(f"VisA '{category}': the split file lists no training images for it. Restore split_csv/1cls.csv.")
+    labelled = LabelledSet(category, sorted(train), sorted(test, key=lambda i: i.name), any(i.mask is not None for i in test), [])
+    labels = {item.label for item in test}
+    if labels != {0, 1}:
+        labelled.notes.append(f"{category}: the test split has only {'normal' if labels == {0} else 'anomalous'} images; AUROC needs both.")
+    _note_mask_sizes(labelled)
+    return labelled
+
+
+def read_visa(root: Path | str, category: Optional[str] = None) -> list[LabelledSet]:
+    """VisA's sets under `root` as its split file (split_csv/1cls.csv) divides them: one category, or every category
+    the file names. Anomalous test images are the defect type "bad" (VisA names no types), as in anomalib."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"VisA: '{root}' is not a folder. Point it at the extracted dataset (expected {VISA_EXPECTED}).")
+    by_category: dict[str, list[dict]] = {}
+    for row in _visa_rows(root):
+        by_category.setdefault(row["object"], []).append(row)
+    if category is not None and category not in by_category:
+        near = difflib.get_close_matches(category, list(by_category), n=3)
+        hint = f" Did you mean {', '.join(near)}?" if near else ""
+        raise UnknownNameError(f"VisA: the split file names no category '{category}'.{hint} Categories: {', '.join(sorted(by_category)) or 'none'}.")
+    chosen = [category] if category is not None else sorted(by_category)
+    return [_read_visa_category(root, c, by_category[c]) for c in chosen]
+
+
 # ---------------------------------------------------------------------------------------------- masks
 
 
@@ -308,6 +392,13 @@ def _mvtec_from_spec(rest: str) -> list[LabelledSet]:
     return read_mvtec(path)
 
 
+def _visa_from_spec(rest: str) -> list[LabelledSet]:
+    path = Path(rest).expanduser()
+    if not (path / VISA_SPLIT).is_file() and (path.parent / VISA_SPLIT).is_file():
+        return read_visa(path.parent, path.name)  # ROOT/CATEGORY
+    return read_visa(path)
+
+
 FOLDER_OPTIONS = ("mask", "normal_test", "test_fraction", "name")
 
 
@@ -333,6 +424,7 @@ def _folder_from_spec(rest: str) -> list[LabelledSet]:
 
 LAYOUTS: dict[str, Layout] = {
     "mvtec": Layout(read_mvtec, _mvtec_from_spec, "mvtec:ROOT[/CATEGORY]"),
+    "visa": Layout(read_visa, _visa_from_spec, "visa:ROOT[/CATEGORY]"),
     "folder": Layout(read_folder, _folder_from_spec, "folder:NORMAL_DIR,ABNORMAL_DIR[,MASK_DIR][,normal_test=DIR][,test_fraction=F][,name=NAME]"),
 }
 
