@@ -94,7 +94,7 @@ def detector_rate(device: str, size: int, images: int, preset: str = "default", 
     backbone = _backbone(None, device)
     options, stride = preset_options(preset, SCORERS[RECOMMENDED_SCORER], None, None, backbone.image_size)
     tiling = make_tiling(backbone.image_size, (size, size), stride)
-    network_batch = default_network_batch(torch.device(device), tiling.count)  # as AnomalyDetector.fit chooses
+    network_batch = default_network_batch(torch.device(device), tiling.count, sum(p.numel() for p in backbone.parameters()))  # as fit chooses
     scorer = TiledScorer(inner=build_scorer(RECOMMENDED_SCORER, network_batch=network_batch, **options), tiling=tiling, seed=0)
     dtype, tf32 = PRECISIONS[precision]
     if device == "cuda":

@@ -446,12 +446,14 @@ def test_outlines_follow_the_rate_decisions_are_made_at(fitted_folder):
 
 
 def test_cpu_network_calls_fit_the_tiles_of_an_image():
-    """Calls are padded to their full size: on a CPU an image of few tiles gets calls near its own size (a multiple of
-    8, up to 64), so one small image does not compute 64 rows for 4; GPUs keep the scorers' default."""
+    """Calls are padded to their full size: on a CPU a large network's image of few tiles gets calls near its own size
+    (a multiple of 8, up to 64), so one small image does not compute 64 rows for 4; a small network, bound by per-call
+    overhead, keeps calls of 64; GPUs keep the scorers' default."""
     import torch
 
     from zsad.detection.model import default_network_batch
 
-    cpu = torch.device("cpu")
-    assert [default_network_batch(cpu, t) for t in (1, 4, 8, 9, 16, 49, 64, 225)] == [8, 8, 8, 16, 16, 56, 64, 64]
-    assert default_network_batch(torch.device("cuda"), 4) is None
+    cpu, large, small = torch.device("cpu"), 52_500_000, 350_000
+    assert [default_network_batch(cpu, t, large) for t in (1, 4, 8, 9, 16, 49, 64, 225)] == [8, 8, 8, 16, 16, 56, 64, 64]
+    assert {default_network_batch(cpu, t, small) for t in (1, 4, 9, 225)} == {64}
+    assert default_network_batch(torch.device("cuda"), 4, large) is None

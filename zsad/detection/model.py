@@ -111,12 +111,19 @@ def make_tiling(image_size: int, shape: tuple[int, int], tile_stride: Optional[i
     return Tiling(int(shape[0]), int(shape[1]), image_size, int(tile_stride or max(1, image_size // 2)))
 
 
-def default_network_batch(device: torch.device, tiles: int) -> Optional[int]:
-    """The detector's network call size when none is given: on a CPU up to 64 tiles a call, since small networks are
-    bound by per-call overhead at the scorers' CPU default of 8; but every call is padded to its full size, so an image
-    of few tiles gets calls near its own size (one 64 px image of 4 tiles in 64-row calls computed 16 times its work,
-    bench/bench_detector.py). None on a GPU: the scorers' own default."""
-    return min(64, 8 * -(-tiles // 8)) if device.type == "cpu" else None
+SMALL_NETWORK_PARAMETERS = 5_000_000  # below this a network call costs about the same for 8 rows as for 64 on a CPU
+
+
+def default_network_batch(device: torch.device, tiles: int, parameters: int) -> Optional[int]:
+    """The detector's network call size when none is given. Every call is padded to its full size (features that do not
+    depend on the batch), so the size trades per-call overhead against padding. On a CPU a small network (the demo's
+    0.35 M parameters) is bound by per-call overhead: 64 rows a call. A large one (DiffPath's CelebA-32 UNet, 52.5 M)
+    costs the same per row at 8 rows as at 64, so its calls are sized to the image's tiles (a multiple of 8, up to 64):
+    one 64 px image of 4 tiles in 64-row calls computed 16 times its work (bench/bench_detector.py). None on a GPU:
+    the scorers' own default."""
+    if device.type != "cpu":
+        return None
+    return 64 if parameters < SMALL_NETWORK_PARAMETERS else min(64, 8 * -(-tiles // 8))
 
 
 class AnomalyDetector:
@@ -160,7 +167,7 @@ class AnomalyDetector:
         tiling = make_tiling(bb.image_size, (shape.height, shape.width), tile_stride)
         split = split_normal(images.names, alpha, s.shots, tiling.count, require_rate=s.require_rate)
         depth = _checked(lambda: bit_depth_of(images, override=s.bit_depth))  # one rule for the folder, recorded in the recipe
-        network_batch = s.network_batch or default_network_batch(dev, tiling.count)
+        network_batch = s.network_batch or default_network_batch(dev, tiling.count, sum(p.numel() for p in bb.parameters()))
         inner = build_scorer(s.scorer, **{**(scorer_options or {}), **({"network_batch": int(network_batch)} if network_batch else {})})
         preprocessing = {"image_size": [tiling.height, tiling.width], "center_crop": None, "tiles": tiling.to_dict(), "bit_depth": depth,
                          "version": PREPROCESSING_VERSION}

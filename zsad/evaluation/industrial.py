@@ -324,7 +324,6 @@ def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Imag
     shape = det.tiling.shape
     fit_x = _tensor(train.subset([by_name[n] for n in det.info["fit_names"]]), shape, det.bit_depth)
     cal_x = _tensor(train.subset([by_name[n] for n in det.info["calibration_names"]]), shape, det.bit_depth)
-    test_x = _tensor(test_images, shape, det.bit_depth)
     alpha = _alpha(settings, det)
     rate_holds = conformal.flag_rank(alpha, cal_x.shape[0]) >= 1
     out = []
@@ -339,8 +338,9 @@ def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Imag
         sample = np.quantile(cal_maps.numpy().ravel(), np.linspace(0, 1, MAP_QUANTILES))
         metrics = MapMetrics(sample, settings.metric_size, threshold, keep_images=settings.pixel_store) if labelled.has_masks else None
         scores = []
-        for start in range(0, test_x.shape[0], settings.batch_size):
-            maps = method.maps(test_x[start : start + settings.batch_size])
+        for start in range(0, len(test_images), settings.batch_size):  # test images batch by batch: a large set never sits in memory
+            batch = list(range(start, min(start + settings.batch_size, len(test_images))))
+            maps = method.maps(_tensor(test_images.subset(batch), shape, det.bit_depth))
             scores.append(maps.flatten(1).amax(1).numpy())
             for j, m in enumerate(maps.numpy()):
                 if metrics:
