@@ -128,7 +128,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 times[f"{bench}/{name}"] = round(seconds, 1)
                 times_path.write_text(json.dumps(times, indent=1) + "\n")
                 print(f"[sweep] {bench}/{name}: {seconds:.0f} s", flush=True)
-    tables, lines = [], ["# The fast-preset sweep (experiments/fast_preset/RULE.md)", ""]
+    title = "The fast-preset sweep" if args.size == SIZE else f"The working-size ablation at {args.size} px"
+    tables, lines = [], [f"# {title} (experiments/fast_preset/RULE.md)", ""]
     for bench in benches:
         rows, means = paired_rows(out / bench, names, args.resamples)
         table = {"benchmark": bench, "rows": rows}
@@ -141,11 +142,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         lines.append("")
     # only settings cheaper than the default compete; the others are ablation rows, shown with their paired Δ
     ablation = [[r for r in t["rows"] if SETTINGS[r["setting"]].upsample > 1] for t in tables]
-    _, decision = choose([{**t, "rows": [r for r in t["rows"] if SETTINGS[r["setting"]].upsample == 1]} for t in tables])
+    candidates = [{**t, "rows": [r for r in t["rows"] if SETTINGS[r["setting"]].upsample == 1]} for t in tables]
+    decision = choose(candidates)[1] if any(t["rows"] for t in candidates) else ["no cheaper candidate was run: no decision of the rule"]
     for t, rows in zip(tables, ablation):
-        decision += [f"ablation on {t['benchmark']}: {r['setting']} ({r['evaluations_per_image']} evaluations) against the default: "
+        decision += [f"* ablation on {t['benchmark']}: {r['setting']} ({r['evaluations_per_image']} evaluations) against the default: "
                      + ", ".join(f"Δ {m} {r[m][0]:+.3f} [{r[m][1]:+.3f}, {r[m][2]:+.3f}]" for m in ("image_auroc", "aupro")) for r in rows]
-    lines += ["## Paired Δ against the default and the rule", "", *decision]
+    lines += ["## Paired Δ against the default (95% intervals) and the rule", "", *decision]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
