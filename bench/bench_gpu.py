@@ -85,7 +85,8 @@ def pipeline_rate(precision: str, images: int, batch: int, scorer_name: str = "d
 
 def detector_rate(device: str, size: int, images: int, preset: str = "default", precision: str = "fp32") -> dict:
     """Images/s of zsad's default detector (or a preset's) on `size` px images: the tiled scorer with the tiling and
-    network call size `zsad fit` gives it on this device, features and maps from one pass, as fit and score run it."""
+    network call size `zsad fit` gives it on this device, features and maps from one pass, on images already in memory
+    (the network and the scorer's maths: no decoding, density scoring or map upsampling, which `zsad score` adds)."""
     from zsad.detection.model import default_network_batch, make_tiling
     from zsad.detection.presets import preset_options
     from zsad.scoring.scorers import RECOMMENDED_SCORER, SCORERS, build_scorer

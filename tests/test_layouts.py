@@ -293,6 +293,24 @@ def test_visa_errors_name_the_file_and_what_to_do(tmp_path):
     csv_file.write_text(csv_file.read_text().replace(f"candle,test,{anomaly}", f"candle,train,{anomaly}"))
     with pytest.raises(DataLeakageError, match="anomalous image candle/Data/Images/Anomaly/000.JPG for training"):
         read_visa(root)
+    root = _visa(tmp_path / "twice")
+    csv_file = root / "split_csv" / "1cls.csv"
+    csv_file.write_text(csv_file.read_text() + "candle,test,normal,candle/Data/Images/Normal/0000.JPG,\n")
+    with pytest.raises(DataLeakageError, match="1 image.*both training and test.*0000.JPG"):
+        read_visa(root)
     csv_file.write_text("object,split,image\ncandle,train,x.JPG\n")
     with pytest.raises(DatasetNotFoundError, match="lacks the column.*label, mask"):
         read_visa(root)
+
+
+def test_visa_split_file_as_spreadsheets_and_windows_write_it(tmp_path):
+    """A byte-order mark, padded headers, backslash paths and blank rows read as VisA's own file does."""
+    root = _visa(tmp_path / "visa")
+    (expected,) = read_visa(root)
+    csv_file = root / "split_csv" / "1cls.csv"
+    lines = csv_file.read_text().splitlines()
+    header = ", ".join(lines[0].split(","))
+    rows = [line.replace("/", "\\") for line in lines[1:]]
+    csv_file.write_bytes(("\ufeff" + "\r\n".join([header, *rows, ",,,,", ""])).encode("utf-8"))
+    (read,) = read_visa(root)
+    assert read.train == expected.train and [(i.path, i.label, i.mask) for i in read.test] == [(i.path, i.label, i.mask) for i in expected.test]

@@ -4,10 +4,9 @@ per-image pixel histograms; then the paired Δ of every candidate against the de
 
     python experiments/fast_preset/sweep.py --backbone CKPT [--out outputs/fast_preset] [--settings default,fast,...] [--size 128]
 
-`--size 64 --settings default,upsampled=2x` is the working-size ablation (issue 26 §1): the benchmarks at 64 px,
-scored at their own size (the default's rule) and upsampled 2× (the old 256 px default's 8 tiles per side with 32 px
-tiles, here with the demo model's 16 px tiles). Settings that cost more than the default are ablation rows, never
-candidates of the rule.
+`--size 32 --settings default,upsampled=2x --out outputs/working_size` is the working-size ablation (issue 26 §1): the
+benchmarks at 32 px, scored at their own size (the default's rule) and upsampled 2×. Settings that cost more than the
+default are ablation rows, never candidates of the rule, and only run when named. A folder's benchmarks keep one size.
 
 Writes OUT/data/{ad_demo,perlin} (the benchmarks), OUT/<benchmark>/<setting>/ (`zsad test` folders),
 OUT/<benchmark>.json (choose_fast.py's tables), OUT/times.json and OUT/results.md (the tables and the decision).
@@ -27,7 +26,7 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from choose_fast import choose  # noqa: E402
 
-from zsad.data.defects import make_defect_benchmark  # noqa: E402
+from zsad.data.defects import MARKER, make_defect_benchmark  # noqa: E402
 from zsad.data.perlin_defects import make_perlin_benchmark  # noqa: E402
 from zsad.evaluation.industrial import IndustrialSettings, run_test  # noqa: E402
 from zsad.evaluation.pixel_bootstrap import load_runs, paired_bootstrap_categories  # noqa: E402
@@ -60,6 +59,10 @@ def make_benchmarks(root: Path, size: int = SIZE) -> dict[str, Path]:
     """Both benchmarks at `size` px, 60 fit images, 20 normal test images and 10 per defect family per category."""
     counts = dict(size=size, n_train=60, n_test_good=20, n_test_defect_per_family=10, seed=0)
     paths = {"ad_demo": root / "ad_demo", "perlin": root / "perlin"}
+    for path, last in ((paths["ad_demo"], "coins"), (paths["perlin"], "terrain")):
+        marker = path / last / MARKER  # results beside these benchmarks would be reused: one size per folder
+        if marker.is_file() and json.loads(marker.read_text())["size"] != size:
+            sys.exit(f"{path} holds the benchmark at {json.loads(marker.read_text())['size']} px, not {size} px: pass another --out.")
     if not (paths["ad_demo"] / "coins").is_dir():
         make_defect_benchmark(paths["ad_demo"], AD_DEMO_CATEGORIES, **counts)
     if not (paths["perlin"] / "terrain").is_dir():
@@ -106,7 +109,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", required=True, help="the demo model's checkpoint (make demo / make ad-demo train it)")
     parser.add_argument("--out", type=Path, default=Path("outputs/fast_preset"))
-    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, from {', '.join(SETTINGS)}; default first")
+    candidates = [name for name, setting in SETTINGS.items() if setting.upsample == 1]  # ablation rows only when named
+    parser.add_argument("--settings", default=",".join(candidates), help=f"comma-separated, from {', '.join(SETTINGS)}; default first")
     parser.add_argument("--benchmarks", default="ad_demo,perlin")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--resamples", type=int, default=1000)

@@ -255,13 +255,16 @@ def _visa_rows(root: Path) -> list[dict]:
     if not csv_path.is_file():
         raise DatasetNotFoundError(f"VisA: no split file '{csv_path}' (expected {VISA_EXPECTED}). Point the root at the extracted VisA folder, "
                                    "the one that holds split_csv/ and the category folders.")
-    with csv_path.open(newline="") as f:
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark from a spreadsheet save
         reader = csv.DictReader(f)
-        missing = [c for c in VISA_COLUMNS if c not in (reader.fieldnames or [])]
+        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+        missing = [c for c in VISA_COLUMNS if c not in reader.fieldnames]
         if missing:
             raise DatasetNotFoundError(f"VisA: '{csv_path}' lacks the column(s) {', '.join(missing)}; VisA's split file has "
                                        f"{', '.join(VISA_COLUMNS)}. Restore split_csv/1cls.csv from the VisA archive.")
-        return [{k: (row[k] or "").strip() for k in VISA_COLUMNS} for row in reader]
+        # paths as written on Windows work too; rows without an object (blank lines, trailing commas) are not images
+        rows = [{k: (row[k] or "").strip().replace("\\", "/") for k in VISA_COLUMNS} for row in reader]
+        return [row for row in rows if row["object"]]
 
 
 def _read_visa_category(root: Path, category: str, rows: list[dict]) -> LabelledSet:
@@ -297,10 +300,15 @@ def _read_visa_category(root: Path, category: str, rows: list[dict]) -> Labelled
         raise _missing_mask_error(missing_masks, "Re-extract the category's Data/Masks/Anomaly/ folder from the VisA archive.")
     if not train:
         raise DatasetNotFoundError(f"VisA '{category}': the split file lists no training images for it. Restore split_csv/1cls.csv.")
+    shared = sorted(set(train) & {item.path for item in test})
+    if shared:
+        raise DataLeakageError(f"VisA '{category}': {len(shared)} image(s) are listed for both training and test, e.g. '{shared[0]}'. "
+                               "Restore split_csv/1cls.csv from the VisA archive.")
     labelled = LabelledSet(category, sorted(train), sorted(test, key=lambda i: i.name), any(i.mask is not None for i in test), [])
     labels = {item.label for item in test}
     if labels != {0, 1}:
-        labelled.notes.append(f"{category}: the test split has only {'normal' if labels == {0} else 'anomalous'} images; AUROC needs both.")
+        what = "no images" if not labels else f"only {'normal' if labels == {0} else 'anomalous'} images"
+        labelled.notes.append(f"{category}: the test split has {what}; AUROC needs both.")
     _note_mask_sizes(labelled)
     return labelled
 

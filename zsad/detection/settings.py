@@ -40,7 +40,9 @@ class DetectorSettings:
     require_rate: bool = True  # refuse a calibration part too small for α (zsad test keeps the row without rates instead)
     device: str = "auto"
     batch_size: int = 16  # images per batch (a batch's tiles share network calls)
-    network_batch: Optional[int] = None  # network calls per batch of tiles; None: 64 on a CPU, the scorer's own on a GPU
+    # rows per network call; None: detection/model.py's default_network_batch (a CPU: 64 for small networks, about the
+    # image's tiles for large ones; a GPU: the scorer's own)
+    network_batch: Optional[int] = None
     cache_dir: Optional[str] = "outputs/feature_cache"
 
     @classmethod
