@@ -65,7 +65,7 @@ bench: $(BIN)/zsad ## CPU speed: scorer images/s before/after the fast path, GMM
 	$(BIN)/python bench/bench_scorers.py $(ARGS)
 	$(BIN)/python bench/bench_jvp.py
 
-bench-tiles: $(BIN)/zsad ## CPU cost of localisation by tiles: one image at 256 px, the default detector and the fast preset (outputs/bench/)
+bench-tiles: $(BIN)/zsad ## CPU cost of localisation by tiles: one 256 px image at the default and the fast preset (outputs/bench/)
 	$(BIN)/python bench/bench_tiles.py $(ARGS)
 	$(BIN)/python bench/bench_tiles.py --preset fast --out outputs/bench/tiles_fast.json
 

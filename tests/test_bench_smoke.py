@@ -23,6 +23,18 @@ def test_bench_tiles_times_the_fast_preset(tmp_path):
     assert report["seconds"] > 0
 
 
+def test_bench_tiles_times_the_default_and_replaces_what_is_named(tmp_path):
+    """Without --preset it times the default preset (half-tile stride, 5 steps); --stride and --steps replace those."""
+    out = tmp_path / "tiles.json"
+    _bench("bench_tiles.py", "--working-size", "48", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert (report["preset"], report["scorer_options"], report["stride"], report["tiles"], report["evaluations_per_image"]) == (
+        "default", {"steps": 5}, 16, 4, 4 * 10)
+    _bench("bench_tiles.py", "--working-size", "48", "--stride", "32", "--steps", "2", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert (report["scorer_options"], report["stride"], report["tiles"], report["evaluations_per_image"]) == ({"steps": 2}, 32, 4, 4 * 4)
+
+
 def test_bench_jvp_prices_a_pass(tmp_path):
     out = tmp_path / "jvp.json"
     _bench("bench_jvp.py", "--batch", "1", "--rounds", "1", "--out", str(out))
@@ -39,8 +51,9 @@ def test_bench_gpu_detector_row_runs_on_the_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     _bench("bench_gpu.py", "--detector-only", "--device", "cpu", "--detector-size", "48", "--detector-images", "1", "--out", str(out))
     (row,) = json.loads(out.read_text())["detector"]
-    # 48 px, 32 px tiles every 16 px: 2 × 2 tiles of 20 evaluations; the large UNet's 4 tiles get calls of 8 rows on a CPU
-    assert (row["preset"], row["tiles"], row["stride"], row["evaluations_per_image"], row["network_batch"]) == ("default", 4, 16, 80, 8)
+    # 48 px, 32 px tiles every 16 px: 2 × 2 tiles of 10 evaluations (the default's 5 steps); the large UNet's 4 tiles
+    # get calls of 8 rows on a CPU
+    assert (row["preset"], row["tiles"], row["stride"], row["evaluations_per_image"], row["network_batch"]) == ("default", 4, 16, 40, 8)
     assert row["images_per_s"] > 0 and row["seconds_per_image"] > 0
 
 

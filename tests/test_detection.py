@@ -118,11 +118,12 @@ def test_fit_writes_one_folder_with_a_card(fitted_folder):
     out, proc = fitted_folder
     assert sorted(p.name for p in out.iterdir()) == ["calibration.npz", "card.md", "detector.json", "detector.npz", "recipe.json", "settings.json"]
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["tiling"] == {"height": 32, "width": 32, "tile": 16, "stride": 8} and settings["network_evaluations_per_image"] == 9 * 20
+    assert settings["tiling"] == {"height": 32, "width": 32, "tile": 16, "stride": 8} and settings["network_evaluations_per_image"] == 9 * 10  # 5 steps
     assert settings["maps"]["combination"] == "tile+pixel" and settings["maps"]["vmin"] < settings["maps"]["threshold"] < settings["maps"]["vmax"]
     card = (out / "card.md").read_text()
-    assert "diffpath_fused" in card and "α = 0.1" in card and re.search(r"Beta\(1, 10\).*90% of calibration sets give between", card)
-    assert "summary" in proc.stdout and "calibrated on 10 other normal images" in proc.stdout and "180 network evaluations per image" in proc.stdout
+    assert "`diffpath_fused` version 1+1+1 (steps 5, clip_denoised True)" in card
+    assert "α = 0.1" in card and re.search(r"Beta\(1, 10\).*90% of calibration sets give between", card)
+    assert "summary" in proc.stdout and "calibrated on 10 other normal images" in proc.stdout and "90 network evaluations per image" in proc.stdout
 
 
 def test_score_writes_rows_overlays_and_a_contact_sheet(fitted_folder, folders, tmp_path):
@@ -428,8 +429,8 @@ def test_a_long_run_says_so_first_and_names_faster_settings(fitted_folder, monke
     monkeypatch.setattr(model, "seconds_per_evaluation", lambda bb, rows: 0.5)
     seconds = det.say_estimate(100, "[score] expected time for 100 images")
     said = capsys.readouterr().out
-    assert seconds == pytest.approx(100 * 180 * 0.5) and "about 2.5 h" in said
-    assert "--tile-stride 16: 4 tile(s) per image, about 67 min" in said and "--working-size 16: 1 tile(s)" in said
+    assert seconds == pytest.approx(100 * 90 * 0.5) and "about 75 min" in said  # 9 tiles × 10 evaluations (5 steps)
+    assert "--tile-stride 16: 4 tile(s) per image, about 33 min" in said and "--working-size 16: 1 tile(s)" in said
 
 
 def test_outlines_follow_the_rate_decisions_are_made_at(fitted_folder):

@@ -55,7 +55,14 @@ def test_presets_fill_only_what_is_unset():
     from zsad.scoring.scorers import SCORERS
 
     assert preset_options("fast", SCORERS["diffpath_fused"], None, None, 32) == ({"steps": 2}, 32)
-    assert preset_options("default", SCORERS["diffpath_fused"], None, None, 32) == ({}, 16)
+    # the default's 5 steps were measured on the recommended scorer only (experiments/fast_preset/RULE.md)
+    assert preset_options("default", SCORERS["diffpath_fused"], None, None, 32) == ({"steps": 5}, 16)
+    assert preset_options("default", SCORERS["diffpath_6d"], None, None, 32) == ({}, 16)
+    assert preset_options("default", SCORERS["diffpath_v2"], None, None, 32) == ({}, 16)
+    assert preset_options("default", SCORERS["diffpath_fused"], {"steps": 10}, None, 32) == ({"steps": 10}, 16)
+    # steps set one level down count as set: the fused scorer refuses v2.steps unlike its own steps
+    assert preset_options("default", SCORERS["diffpath_fused"], {"v2": {"steps": 10}}, None, 32) == ({"v2": {"steps": 10}}, 16)
+    SCORERS["diffpath_fused"](**preset_options("default", SCORERS["diffpath_fused"], {"v2": {"steps": 10}}, None, 32)[0])
     assert preset_options("fast", SCORERS["diffpath_fused"], {"steps": 5}, 8, 32) == ({"steps": 5}, 8)  # explicit wins
     assert preset_options("fast", SCORERS["msma"], None, None, 16) == ({}, 16)  # msma has levels, not steps
     with pytest.raises(ConfigError, match="Known presets: default, fast"):

@@ -129,7 +129,8 @@ def test_concurrent_evaluations_share_one_cache(smoke_checkpoint, tmp_path):
         "evaluate", "-c", "conf/eval/smoke.yaml", f"backbone.path={smoke_checkpoint}", f"cache_dir={tmp_path / 'cache'}",
         "scorers=[{name: diffpath_v2, options: {steps: 5}}, {name: diffpath_6d, options: {steps: 5}}]", "logger=none", "plots=false",
     ]
-    procs = [subprocess.Popen([*ZSAD, *common, f"output_dir={tmp_path / name}"], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+    # one thread each: two processes of 2 threads on 2 cores spin against each other (122 s instead of 34 s here)
+    procs = [subprocess.Popen([*ZSAD, *common, f"output_dir={tmp_path / name}"], cwd=REPO, env={**cli_env(), "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
              for name in ("a", "b")]
     outputs = [p.communicate(timeout=600) for p in procs]

@@ -63,7 +63,7 @@ def test_ad_demo_writes_the_table_overlays_and_a_wandb_run(ad_demo):
             assert 0 <= r[key] <= 1, (r["method"], key)
         assert r["n_good"] == 8 and r["n_defect"] == 12
     fused = next(r for r in result["rows"] if r["method"] == "diffpath_fused" and r["category"] == "grass")
-    assert fused["evaluations_per_image"] == 4 * 20 and fused["false_alarm"]["n"] == 8 and fused["detection"]["n"] == 12
+    assert fused["evaluations_per_image"] == 4 * 10 and fused["false_alarm"]["n"] == 8 and fused["detection"]["n"] == 12
     md = (out / "results.md").read_text()
     assert "| **mean** | **diffpath_fused** |" in md and "AUPRO" in md and "Clopper–Pearson" in md
     assert (out / "detectors" / "grass" / "diffpath_fused" / "recipe.json").is_file(), "every fitted detector is kept, with its recipe"

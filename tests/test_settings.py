@@ -59,6 +59,19 @@ def test_fit_passes_exactly_the_flags_given(monkeypatch, tmp_path):
     assert cli.main(["fit", str(tmp_path), "-o", str(tmp_path / "det"), "--tile-stride", "8", "--preset", "fast", "--false-alarm-rate", "0.1",
                      "--batch-size", "4", "--skip-corrupt"]) == 0
     assert seen["settings"] == DetectorSettings(tile_stride=8, preset="fast", false_alarm_rate=0.1, batch_size=4, skip_corrupt=True)
+    assert cli.main(["fit", str(tmp_path), "-o", str(tmp_path / "det"), "--steps", "10"]) == 0  # the old default's steps
+    assert seen["settings"] == DetectorSettings(scorer_options={"steps": 10})
+
+
+def test_steps_are_refused_for_a_scorer_without_a_trajectory(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr("zsad.detection.fit.fit_folder", lambda *a, **k: pytest.fail("fitted despite a refused flag"))
+    monkeypatch.setattr("zsad.evaluation.industrial.run_test", lambda *a, **k: pytest.fail("tested despite a refused flag"))
+    assert cli.main(["fit", str(tmp_path), "-o", str(tmp_path / "det"), "--scorer", "msma", "--steps", "3"]) == 2
+    assert "scorer 'msma' has none" in capsys.readouterr().err
+    assert cli.main(["test", "--data", "mvtec:x", "-o", str(tmp_path), "--scorers", "diffpath_fused,scoped", "--steps", "3"]) == 2
+    assert "scorer 'scoped' has none" in capsys.readouterr().err
+    assert cli.main(["fit", str(tmp_path), "-o", str(tmp_path / "det"), "--steps", "0"]) == 2
+    assert "--steps must be at least 1" in capsys.readouterr().err
 
 
 def test_test_builds_industrial_settings_on_the_same_fields(monkeypatch, tmp_path):
@@ -79,6 +92,8 @@ def test_test_builds_industrial_settings_on_the_same_fields(monkeypatch, tmp_pat
     s = seen["settings"]
     assert s.methods() == ["diffpath_v2", "recon"] and s.blend == "hann"
     assert s.detector_settings("recon") == DetectorSettings(scorer="recon", blend="hann", false_alarm_rate=0.2, require_rate=False)
+    assert cli.main([*args, "--scorers", "diffpath_v2,recon", "--steps", "3"]) == 0  # each method gets the steps
+    assert seen["settings"].detector_settings("recon") == DetectorSettings(scorer="recon", scorer_options={"steps": 3}, require_rate=False)
 
 
 def test_unknown_settings_are_refused_with_the_known_ones():

@@ -43,7 +43,8 @@ def card_text(det: Any) -> str:
         "| | |",
         "|---|---|",
         f"| backbone | `{info.get('backbone')}` (sha256 `{recipe.weights_sha256[:16]}…`) |",
-        f"| scorer | `{recipe.scorer_name}` version {recipe.scorer_version}: {det.scorer.feature_names.__len__()} features per tile |",
+        f"| scorer | `{recipe.scorer_name}` version {recipe.scorer_version} ({_options_text(det.scorer.options())}): "
+        f"{len(det.scorer.feature_names)} features per tile |",
         f"| tiles | {tiles}; {det.network_evaluations_per_image():,} network evaluations per image |",
         detector_line(det),
         f"| image score | the {'maximum' if maps.aggregation == 'max' else f'mean of the top {maps.top_k:.0%}'} of the tile map (tile scores standardised "
@@ -71,3 +72,8 @@ def write_card(folder: Path, det: Any) -> Path:
     path = folder / "card.md"
     path.write_text(card_text(det))
     return path
+
+
+def _options_text(options: dict) -> str:
+    """The scorer's own top-level options (steps, levels, …) as a person reads them; nested parts are in recipe.json."""
+    return ", ".join(f"{k} {v}" for k, v in options.items() if k != "name" and not isinstance(v, dict)) or "no options"
