@@ -87,16 +87,11 @@ def detector_rate(device: str, size: int, images: int, preset: str = "default", 
     """Images/s of zsad's default detector (or a preset's) on `size` px images: the tiled scorer with the tiling and
     network call size `zsad fit` gives it on this device, features and maps from one pass, on images already in memory
     (the network and the scorer's maths: no decoding, density scoring or map upsampling, which `zsad score` adds)."""
-    from zsad.detection.model import default_network_batch, make_tiling
-    from zsad.detection.presets import preset_options
-    from zsad.scoring.scorers import RECOMMENDED_SCORER, SCORERS, build_scorer
-    from zsad.scoring.tiles import TiledScorer
+    from zsad.detection.model import detector_scorer
 
     backbone = _backbone(None, device)
-    options, stride = preset_options(preset, SCORERS[RECOMMENDED_SCORER], None, None, backbone.image_size)
-    tiling = make_tiling(backbone.image_size, (size, size), stride)
-    network_batch = default_network_batch(torch.device(device), tiling.count, sum(p.numel() for p in backbone.parameters()))  # as fit chooses
-    scorer = TiledScorer(inner=build_scorer(RECOMMENDED_SCORER, network_batch=network_batch, **options), tiling=tiling, seed=0)
+    scorer = detector_scorer(backbone, (size, size), torch.device(device), preset=preset)  # as `zsad fit` builds it
+    tiling = scorer.tiling
     dtype, tf32 = PRECISIONS[precision]
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32

@@ -7,7 +7,7 @@ steps) over the whole image, as it runs, nothing extrapolated; `--preset fast` (
 `--stride S` and `--steps N` replace the preset's tile stride and trajectory steps (the sweep's "half tile, 2 steps"
 row is `--stride 16 --steps 2`; `--stride 32` measures the per-tile rate in a quarter of the time).
 
-Usage: python bench/bench_tiles.py [--preset default|fast] [--working-size 256] [--stride S] [--steps N] [--network-batch 64] [--out outputs/bench/tiles.json]
+Usage: python bench/bench_tiles.py [--preset default|fast] [--working-size 256] [--stride S] [--steps N] [--network-batch N] [--out outputs/bench/tiles.json]
 """
 
 from __future__ import annotations
@@ -24,29 +24,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--working-size", type=int, default=256)
     parser.add_argument("--stride", type=int, default=None, help="tile stride in px (default: the preset's)")
-    parser.add_argument("--network-batch", type=int, default=64)
+    parser.add_argument("--network-batch", type=int, default=None, help="rows per network call (default: as zsad fit chooses)")
     parser.add_argument("--steps", type=int, default=None, help="trajectory steps (default: the scorer's or the preset's)")
     parser.add_argument("--preset", default="default", help="the preset whose tiling and scorer options are timed")
     parser.add_argument("--out", default="outputs/bench/tiles.json")
     args = parser.parse_args()
     import torch
 
-    import zsad
-    from zsad.scoring.scorers import RECOMMENDED_SCORER
-    from zsad.scoring.tiles import TiledScorer, Tiling
+    from zsad.detection.model import detector_scorer
+    from zsad.scoring.tiles import Tiling
 
     backbone = random_celeba32_backbone()
     cfg = backbone.config
-    from zsad.detection.presets import preset_options
-    from zsad.scoring.scorers import SCORERS
-
-    options, stride = preset_options(args.preset, SCORERS[RECOMMENDED_SCORER], None, args.stride, cfg.image_size)
-    if args.steps:
-        options = {**options, "steps": args.steps}
-    inner = zsad.build_scorer(RECOMMENDED_SCORER, network_batch=args.network_batch, **options)
-    tiling = Tiling(args.working_size, args.working_size, cfg.image_size, stride)
+    size = (args.working_size, args.working_size)
+    steps = {"steps": args.steps} if args.steps else None
+    # as `zsad fit` builds it: the preset's stride and steps unless named, the call size fit chooses unless named
+    scorer = detector_scorer(backbone, size, torch.device("cpu"), scorer_options=steps, preset=args.preset, tile_stride=args.stride,
+                             network_batch=args.network_batch)
+    tiling, options, stride = scorer.tiling, {k: v for k, v in scorer.inner.options().items() if k == "steps"}, scorer.tiling.stride
     default = Tiling(256, 256, cfg.image_size, cfg.image_size // 2)  # the default's tiles at 256 px, at this setting's per-tile cost
-    scorer = TiledScorer(inner=inner, tiling=tiling, seed=0)
     image = torch.rand(1, 3, args.working_size, args.working_size) * 2 - 1
     start = time.perf_counter()
     scorer(backbone, image, with_maps=True)  # features and maps from one pass, as zsad fit and zsad score compute them

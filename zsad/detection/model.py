@@ -42,7 +42,7 @@ from zsad.scoring.detector import GMMDetector, load_detector, make_detector
 from zsad.scoring.extraction import configure_precision, extract_features
 from zsad.scoring.feature_cache import FeatureCache
 from zsad.scoring.recipe import FeatureRecipe, RecipeMismatchError, recipe_for
-from zsad.scoring.scorers import SCORERS, Scorer, build_scorer, image_seeds
+from zsad.scoring.scorers import RECOMMENDED_SCORER, SCORERS, Scorer, build_scorer, image_seeds
 from zsad.scoring.tiles import TiledScorer, Tiling
 from zsad.utils.console import say, warn
 from zsad.utils.progress import progress_bar
@@ -126,6 +126,19 @@ def default_network_batch(device: torch.device, tiles: int, parameters: int) -> 
     return 64 if parameters < SMALL_NETWORK_PARAMETERS else min(64, 8 * -(-tiles // 8))
 
 
+def detector_scorer(backbone: Backbone, shape: tuple[int, int], device: torch.device, scorer: str = RECOMMENDED_SCORER,
+                    scorer_options: Optional[dict] = None, preset: str = "default", tile_stride: Optional[int] = None,
+                    network_batch: Optional[int] = None, seed: int = 0) -> TiledScorer:
+    """The tiled scorer `zsad fit` runs over a working shape (height, width): the preset fills the tile stride and
+    scorer options left unset, and the network call size is `default_network_batch`'s for this device unless given.
+    The benchmarks (bench_tiles, bench_gpu) time this same object."""
+    options, stride = preset_options(preset, SCORERS[scorer], scorer_options, tile_stride, backbone.image_size)
+    tiling = make_tiling(backbone.image_size, shape, stride)
+    batch = network_batch or default_network_batch(device, tiling.count, sum(p.numel() for p in backbone.parameters()))
+    inner = build_scorer(scorer, **{**options, **({"network_batch": int(batch)} if batch else {})})
+    return TiledScorer(inner=inner, tiling=tiling, seed=seed)
+
+
 class AnomalyDetector:
     """A diffusion-feature detector fitted on normal images, with a calibrated false-alarm rate."""
 
@@ -162,13 +175,12 @@ class AnomalyDetector:
             images, skipped = _readable_only(images)
         dev = resolve_device(s.device)
         bb = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, device=dev)
-        scorer_options, tile_stride = preset_options(s.preset, SCORERS[s.scorer], s.scorer_options, s.tile_stride, bb.image_size)
+        _, tile_stride = preset_options(s.preset, SCORERS[s.scorer], s.scorer_options, s.tile_stride, bb.image_size)
         shape = choose_working_shape(_checked(lambda: image_sizes(images)), bb.image_size, s.working_size, images.names, tile_stride)
-        tiling = make_tiling(bb.image_size, (shape.height, shape.width), tile_stride)
+        tiled = detector_scorer(bb, (shape.height, shape.width), dev, s.scorer, s.scorer_options, s.preset, s.tile_stride, s.network_batch, s.seed)
+        tiling, inner = tiled.tiling, tiled.inner
         split = split_normal(images.names, alpha, s.shots, tiling.count, require_rate=s.require_rate)
         depth = _checked(lambda: bit_depth_of(images, override=s.bit_depth))  # one rule for the folder, recorded in the recipe
-        network_batch = s.network_batch or default_network_batch(dev, tiling.count, sum(p.numel() for p in bb.parameters()))
-        inner = build_scorer(s.scorer, **{**(scorer_options or {}), **({"network_batch": int(network_batch)} if network_batch else {})})
         preprocessing = {"image_size": [tiling.height, tiling.width], "center_crop": None, "tiles": tiling.to_dict(), "bit_depth": depth,
                          "version": PREPROCESSING_VERSION}
         configure_precision(False)
