@@ -446,6 +446,22 @@ def test_outlines_follow_the_rate_decisions_are_made_at(fitted_folder):
     assert wider.threshold == map_threshold(det.map_maxima, 0.3) < det.maps.threshold and wider.vmin == det.maps.vmin
 
 
+def test_a_detector_fitted_on_a_gpu_gets_a_cpu_call_size_when_loaded_on_a_cpu(fitted_folder, folders, tmp_path):
+    """The recorded call size is the fitting device's (256 rows on a GPU); on a CPU the loaded detector takes the one
+    `zsad fit` chooses there, and its scores are the same up to float rounding."""
+    from zsad import AnomalyDetector
+
+    out, _ = fitted_folder
+    gpu = tmp_path / "gpu"
+    shutil.copytree(out, gpu)
+    recipe = json.loads((gpu / "recipe.json").read_text())
+    (gpu / "recipe.json").write_text(json.dumps({**recipe, "device": "cuda:NVIDIA H100 80GB HBM3", "network_batch": 256}))
+    here, there = AnomalyDetector.load(out, device="cpu"), AnomalyDetector.load(gpu, device="cpu")
+    assert here.scorer.network_batch == there.scorer.network_batch == 64  # the demo model is small: calls of 64 on a CPU
+    images = sorted((folders / "held_out").glob("*.png"))[:4]
+    np.testing.assert_allclose(there.score(images).scores, here.score(images).scores, rtol=1e-5)
+
+
 def test_cpu_network_calls_fit_the_tiles_of_an_image():
     """Calls are padded to their full size: on a CPU a large network's image of few tiles gets calls near its own size
     (a multiple of 8, up to 64), so one small image does not compute 64 rows for 4; a small network, bound by per-call

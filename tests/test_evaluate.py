@@ -223,6 +223,28 @@ def test_score_refuses_other_weights_and_outputs_inside_the_input(folder_benchma
     assert proc.returncode == 2 and "inside the input folder" in proc.stderr
 
 
+def test_a_prefix_without_the_preprocessing_version_is_told_to_refit(folder_benchmark, tmp_path):
+    """`zsad evaluate` records the preprocessing code's version in its recipes, so the feature cache's key and `zsad score`
+    follow a change of that code; a prefix written before it recorded one is refused with what to do."""
+    import shutil
+
+    from zsad.data.transforms import PREPROCESSING_VERSION
+
+    root, out = folder_benchmark
+    prefix = out / "detectors" / "diffpath_v2" / "folder"
+    recipe = json.loads(prefix.with_suffix(".recipe.json").read_text())
+    assert recipe["preprocessing"]["version"] == PREPROCESSING_VERSION
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in prefix.parent.glob(prefix.name + ".*"):
+        shutil.copy(f, old / f.name)
+    del recipe["preprocessing"]["version"]
+    (old / "folder.recipe.json").write_text(json.dumps(recipe))
+    proc = run_cli("score", str(root / "imgs" / "test"), "--detector", str(old / "folder"), "--out", str(tmp_path / "x.csv"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "preprocessing" in proc.stderr and "refit" in proc.stderr, proc.stderr
+
+
 def test_same_image_in_two_folders_has_identical_features(tmp_path):
     from helpers import extraction_setup
     from PIL import Image

@@ -29,6 +29,10 @@ from torchvision import transforms as T
 from zsad.errors import ConfigError
 
 CELEBA_CROP = 140
+# The version of this module's preprocessing (resize, bit-depth rule, alpha background), recorded in every feature
+# recipe (`zsad fit` and `zsad evaluate`): a change here changes the features, so cached features and fitted detectors
+# of another version are recomputed or refused instead of reused.
+PREPROCESSING_VERSION = 2
 BIT_DEPTHS = (8, 10, 12, 14, 16)
 # Black: compositing on it is premultiplied colour, and fully transparent pixels, which most tools store as
 # (0, 0, 0, 0), look as they did when alpha was dropped. One fixed colour for fit and score is what matters.

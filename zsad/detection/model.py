@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from zsad.data.base import ImageDataset
-from zsad.data.transforms import build_transform
+from zsad.data.transforms import PREPROCESSING_VERSION, build_transform
 from zsad.detection import conformal
 from zsad.detection.estimate import LONG_RUN_SECONDS, estimate, faster_settings, seconds_per_evaluation
 from zsad.detection.inputs import Images, as_images, bit_depth_of
@@ -50,9 +50,6 @@ from zsad.utils.progress import progress_bar
 # 2: Hann-blended tile maps, the outline threshold from per-image map maxima, the working shape with the images'
 # aspect ratio, the bit-depth rule in the recipe. Format 1 folders are refused: their scores and thresholds differ.
 FOLDER_FORMAT = 2
-# The version of the preprocessing code (resize to the working shape, bit-depth rule, alpha background), recorded in
-# every recipe and compared with the live value when a detector is loaded.
-PREPROCESSING_VERSION = 2
 MAP_QUANTILES = 20_001  # quantiles of the calibration maps kept in calibration.npz: the bin edges of streamed pixel metrics
 MAP_SAMPLE_PER_IMAGE = 4096  # calibration map values sampled per image (evenly spaced) for those quantiles
 # Model selection for a user's normal images: few components (tens to thousands of feature rows), chosen by
@@ -501,11 +498,12 @@ def _backbone_for(recipe: FeatureRecipe, device: str, override: Optional[str]) -
     return bb, dev
 
 
-def _check(recipe: FeatureRecipe, scorer: Scorer, bb: Backbone, dev: torch.device, folder: bool = True) -> None:
-    """Compare the recorded recipe with what today's code records: the weights, the scorer's version and, for detector
-    folders, the live preprocessing version. The runtime fields (precision, TF32, fast path, compile) are the recorded
-    ones, which loading applies, so they agree by construction."""
-    live = {**recipe.preprocessing, "version": PREPROCESSING_VERSION} if folder else recipe.preprocessing
+def _check(recipe: FeatureRecipe, scorer: Scorer, bb: Backbone, dev: torch.device) -> None:
+    """Compare the recorded recipe with what today's code records: the weights, the scorer's version and the live
+    preprocessing version (a `zsad evaluate` prefix written before it recorded one differs, and is told to refit). The
+    runtime fields (precision, TF32, fast path, compile) are the recorded ones, which loading applies, so they agree by
+    construction."""
+    live = {**recipe.preprocessing, "version": PREPROCESSING_VERSION}
     current = recipe_for(scorer, bb, live, recipe.seed, dev, recipe.precision, recipe.tf32, recipe.fast_path, recipe.compile)
     for message in recipe.check(current, "Pass the backbone the detector was fitted with (--backbone / backbone.path=), or refit the detector with this zsad."):
         warn(message)
@@ -540,6 +538,10 @@ def _load_folder(cls, folder: Path, device: str, backbone: Optional[str]) -> Ano
                                   "the folder was edited or mixed from two fits. Fit it again with `zsad fit`.")
     bb, dev = _backbone_for(recipe, device, backbone)
     _check(recipe, scorer, bb, dev)
+    if str(recipe.device or "cpu").split(":")[0] != dev.type:
+        # the recorded call size suits the device kind it was fitted on (a GPU's 256-row calls would pad a small image's few
+        # tiles many-fold on a CPU): take the one `zsad fit` chooses here; features change by float rounding only
+        scorer = replace(scorer, network_batch=default_network_batch(dev, tiling.count, sum(p.numel() for p in bb.parameters())))
     det = cls(bb, scorer, tiling, detector, recipe, MapSettings(**settings["maps"]), calibration, float(settings["false_alarm_rate"]),
               bool(settings.get("tile_position")), settings.get("info"), settings.get("precision", "32-true"))
     det.map_quantiles, det.map_maxima = quantiles, maxima
@@ -564,7 +566,7 @@ def _load_prefix(cls, prefix: Path, device: str, backbone: Optional[str]) -> Ano
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
         raise DetectorFolderError(f"{prefix}: the detector files are damaged ({type(err).__name__}: {err}). Refit it with `zsad evaluate`.") from None
     bb, dev = _backbone_for(recipe, device, backbone)
-    _check(recipe, scorer, bb, dev, folder=False)
+    _check(recipe, scorer, bb, dev)
     size = recipe.preprocessing["image_size"]
     tiling = Tiling.whole(int(size if isinstance(size, int) else size[0]))
     maps = MapSettings(combination="pixel" if scorer.map_meaning else "tile")

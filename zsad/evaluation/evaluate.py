@@ -22,6 +22,7 @@ from zsad.config.checks import check_accelerator, check_output_dir, check_positi
 from zsad.config.schema import DataConfig
 from zsad.data import build_dataset
 from zsad.data.base import ImageDataset
+from zsad.data.transforms import PREPROCESSING_VERSION
 from zsad.diffusion.backbone import Backbone
 from zsad.diffusion.loading import load_backbone_from
 from zsad.errors import ConfigError, DataLeakageError
@@ -136,7 +137,8 @@ class Run:
 
     def recipe(self, scorer: Scorer, dataset: ImageDataset) -> FeatureRecipe:
         t = self.cfg.trainer
-        return recipe_for(scorer, self.backbone, dataset.spec, int(self.cfg.seed), device_for(t.accelerator), str(t.precision),
+        preprocessing = {**dataset.spec, "version": PREPROCESSING_VERSION}  # the cache key changes with the preprocessing code
+        return recipe_for(scorer, self.backbone, preprocessing, int(self.cfg.seed), device_for(t.accelerator), str(t.precision),
                           bool(t.allow_tf32), bool(t.fast_path), t.compile)
 
 
