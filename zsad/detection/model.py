@@ -136,19 +136,38 @@ def detector_scorer(backbone: Backbone, shape: tuple[int, int], device: torch.de
     return TiledScorer(inner=inner, tiling=tiling, seed=seed)
 
 
+@dataclass
+class Calibrated:
+    """What calibration on held-out normal images fixes (a detector folder's calibration.npz and its rate): the target
+    false-alarm rate α, the images' scores, their maps' maxima (the outline threshold at any α) and quantiles of their map
+    values (bin edges of streamed pixel metrics). Empty for a `zsad evaluate` prefix; only the rate before calibration."""
+
+    false_alarm_rate: Optional[float] = None
+    scores: Optional[np.ndarray] = None
+    map_quantiles: Optional[np.ndarray] = None
+    map_maxima: Optional[np.ndarray] = None
+
+
 class AnomalyDetector:
     """A diffusion-feature detector fitted on normal images, with a calibrated false-alarm rate."""
 
-    def __init__(self, backbone: Backbone, scorer: Scorer, tiling: Tiling, detector: Any, recipe: FeatureRecipe, maps: MapSettings,
-                 calibration: Optional[np.ndarray] = None, false_alarm_rate: Optional[float] = None, tile_position: bool = False,
-                 info: Optional[dict] = None, precision: str = "32-true"):
-        self.backbone, self.scorer, self.tiling, self.detector, self.recipe = backbone, scorer, tiling, detector, recipe
-        self.maps, self.calibration, self.false_alarm_rate, self.tile_position = maps, calibration, false_alarm_rate, tile_position
-        self.info = dict(info or {})
-        self.precision = precision
-        self.tiled = TiledScorer(inner=scorer, tiling=tiling, seed=recipe.seed)
-        self.map_quantiles: Optional[np.ndarray] = None  # quantiles of the calibration maps' values (bin edges of pixel metrics)
-        self.map_maxima: Optional[np.ndarray] = None  # the calibration images' map maxima: the outline threshold at any α
+    def __init__(self, backbone: Backbone, tiled: TiledScorer, detector: Any, recipe: FeatureRecipe, maps: MapSettings,
+                 calibrated: Optional[Calibrated] = None, tile_position: bool = False, info: Optional[dict] = None):
+        if tiled.seed != recipe.seed:
+            raise ValueError(f"the tiled scorer's seed {tiled.seed} differs from the recipe's {recipe.seed}")
+        self.backbone, self.tiled, self.detector, self.recipe = backbone, tiled, detector, recipe
+        self.scorer, self.tiling = tiled.inner, tiled.tiling
+        self.maps, self.tile_position, self.info = maps, tile_position, dict(info or {})
+        c = calibrated or Calibrated()
+        self.false_alarm_rate: Optional[float] = c.false_alarm_rate
+        self.calibration: Optional[np.ndarray] = c.scores  # the calibration images' scores
+        self.map_quantiles: Optional[np.ndarray] = c.map_quantiles
+        self.map_maxima: Optional[np.ndarray] = c.map_maxima
+
+    @property
+    def precision(self) -> str:
+        """The recipe's precision: features are computed as they were fitted."""
+        return self.recipe.precision
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -185,8 +204,7 @@ class AnomalyDetector:
         combination = s.map_combination or ("tile+pixel" if inner.map_meaning else "tile")
         maps = MapSettings(combination=combination, aggregation=s.aggregation, top_k=s.top_k, blend=s.blend,
                            pixel_sigma=tiling.tile / 8 if tiling.count > 1 else 0.0)
-        det = cls(bb, inner, tiling, None, recipe, maps,
-                  false_alarm_rate=alpha, tile_position=s.tile_position, precision=s.precision)
+        det = cls(bb, tiled, None, recipe, maps, Calibrated(false_alarm_rate=alpha), tile_position=s.tile_position)
         say(f"[fit] working shape {tiling.height}×{tiling.width} px: {shape.reason}; {depth}-bit pixel values")
         for note in shape.notes + ([f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}"] if skipped else []):
             say(f"[fit] note: {note}")
@@ -542,10 +560,9 @@ def _load_folder(cls, folder: Path, device: str, backbone: Optional[str]) -> Ano
         # the recorded call size suits the device kind it was fitted on (a GPU's 256-row calls would pad a small image's few
         # tiles many-fold on a CPU): take the one `zsad fit` chooses here; features change by float rounding only
         scorer = replace(scorer, network_batch=default_network_batch(dev, tiling.count, sum(p.numel() for p in bb.parameters())))
-    det = cls(bb, scorer, tiling, detector, recipe, MapSettings(**settings["maps"]), calibration, float(settings["false_alarm_rate"]),
-              bool(settings.get("tile_position")), settings.get("info"), settings.get("precision", "32-true"))
-    det.map_quantiles, det.map_maxima = quantiles, maxima
-    return det
+    calibrated = Calibrated(float(settings["false_alarm_rate"]), calibration, quantiles, maxima)
+    tiled = TiledScorer(inner=scorer, tiling=tiling, seed=recipe.seed)
+    return cls(bb, tiled, detector, recipe, MapSettings(**settings["maps"]), calibrated, bool(settings.get("tile_position")), settings.get("info"))
 
 
 def _normal_json(value: Any) -> str:
@@ -570,4 +587,4 @@ def _load_prefix(cls, prefix: Path, device: str, backbone: Optional[str]) -> Ano
     size = recipe.preprocessing["image_size"]
     tiling = Tiling.whole(int(size if isinstance(size, int) else size[0]))
     maps = MapSettings(combination="pixel" if scorer.map_meaning else "tile")
-    return cls(bb, scorer, tiling, detector, replace(recipe), maps, None, None, False, {"source": str(prefix)}, recipe.precision)
+    return cls(bb, TiledScorer(inner=scorer, tiling=tiling, seed=recipe.seed), detector, replace(recipe), maps, None, False, {"source": str(prefix)})
