@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -317,6 +317,19 @@ def _no_rate(alpha: float, n_cal: int) -> str:
             f"{conformal.min_calibration(alpha)} needed")
 
 
+@dataclass
+class _FittedBaseline:
+    """One baseline while its test images stream through: fitted, calibrated, and what it has scored so far."""
+
+    name: str
+    method: Any
+    cal_scores: np.ndarray
+    style: OverlayStyle
+    metrics: Optional[MapMetrics]
+    scores: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
 def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Images, settings: IndustrialSettings) -> list[Scored]:
     """The baselines on the detector's own fit/calibration split and working shape, at the detector's α."""
     train = _train_images(labelled)
@@ -326,7 +339,7 @@ def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Imag
     cal_x = _tensor(train.subset([by_name[n] for n in det.info["calibration_names"]]), shape, det.bit_depth)
     alpha = _alpha(settings, det)
     rate_holds = conformal.flag_rank(alpha, cal_x.shape[0]) >= 1
-    out = []
+    fitted: list[_FittedBaseline] = []
     for name in BASELINES:
         t0 = time.time()
         method = build_baseline(name).fit(fit_x)
@@ -337,17 +350,25 @@ def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Imag
         style = OverlayStyle(*colour_scale(typical, threshold, float(cal_scores.max())), threshold)
         sample = np.quantile(cal_maps.numpy().ravel(), np.linspace(0, 1, MAP_QUANTILES))
         metrics = MapMetrics(sample, settings.metric_size, threshold, keep_images=settings.pixel_store) if labelled.has_masks else None
-        scores = []
-        for start in range(0, len(test_images), settings.batch_size):  # test images batch by batch: a large set never sits in memory
-            batch = list(range(start, min(start + settings.batch_size, len(test_images))))
-            maps = method.maps(_tensor(test_images.subset(batch), shape, det.bit_depth))
-            scores.append(maps.flatten(1).amax(1).numpy())
+        fitted.append(_FittedBaseline(name, method, cal_scores, style, metrics, seconds=time.time() - t0))
+    # test images batch by batch, each read once for every baseline: a large set never sits in memory
+    for start in range(0, len(test_images), settings.batch_size):
+        t0 = time.time()
+        x = _tensor(test_images.subset(list(range(start, min(start + settings.batch_size, len(test_images))))), shape, det.bit_depth)
+        reading = time.time() - t0  # each baseline alone would read the images too
+        for f in fitted:
+            t0 = time.time()
+            maps = f.method.maps(x)
+            f.scores.append(maps.flatten(1).amax(1).numpy())
             for j, m in enumerate(maps.numpy()):
-                if metrics:
-                    metrics.add(labelled.test[start + j], m)
-        scores = np.concatenate(scores) if scores else np.zeros(0)
-        flagged = conformal.is_anomaly(cal_scores, scores, alpha) if rate_holds else None
-        out.append(Scored(name, scores, flagged, metrics.result() if metrics else {}, time.time() - t0, rate_holds, 0, style, alpha=alpha,
+                if f.metrics:
+                    f.metrics.add(labelled.test[start + j], m)
+            f.seconds += reading + time.time() - t0
+    out = []
+    for f in fitted:
+        scores, metrics = (np.concatenate(f.scores) if f.scores else np.zeros(0)), f.metrics
+        flagged = conformal.is_anomaly(f.cal_scores, scores, alpha) if rate_holds else None
+        out.append(Scored(f.name, scores, flagged, metrics.result() if metrics else {}, f.seconds, rate_holds, 0, f.style, alpha=alpha,
                           note=None if rate_holds else _no_rate(alpha, cal_x.shape[0]), pixels=metrics.images if metrics else None))
     return out
 
