@@ -123,6 +123,11 @@ def default_network_batch(device: torch.device, tiles: int, parameters: int) -> 
     return 64 if parameters < SMALL_NETWORK_PARAMETERS else min(64, 8 * -(-tiles // 8))
 
 
+def _fit_call_size(device: torch.device, tiles: int, backbone: Backbone) -> Optional[int]:
+    """The call size `zsad fit` gives this backbone's network on this device for images of `tiles` tiles."""
+    return default_network_batch(device, tiles, sum(p.numel() for p in backbone.parameters()))
+
+
 def detector_scorer(backbone: Backbone, shape: tuple[int, int], device: torch.device, scorer: str = RECOMMENDED_SCORER,
                     scorer_options: Optional[dict] = None, preset: str = "default", tile_stride: Optional[int] = None,
                     network_batch: Optional[int] = None, seed: int = 0) -> TiledScorer:
@@ -131,7 +136,7 @@ def detector_scorer(backbone: Backbone, shape: tuple[int, int], device: torch.de
     The benchmarks (bench_tiles, bench_gpu) time this same object."""
     options, stride = preset_options(preset, SCORERS[scorer], scorer_options, tile_stride, backbone.image_size)
     tiling = make_tiling(backbone.image_size, shape, stride)
-    batch = network_batch or default_network_batch(device, tiling.count, sum(p.numel() for p in backbone.parameters()))
+    batch = network_batch or _fit_call_size(device, tiling.count, backbone)
     inner = build_scorer(scorer, **{**options, **({"network_batch": int(batch)} if batch else {})})
     return TiledScorer(inner=inner, tiling=tiling, seed=seed)
 
@@ -559,7 +564,7 @@ def _load_folder(cls, folder: Path, device: str, backbone: Optional[str]) -> Ano
     if str(recipe.device or "cpu").split(":")[0] != dev.type:
         # the recorded call size suits the device kind it was fitted on (a GPU's 256-row calls would pad a small image's few
         # tiles many-fold on a CPU): take the one `zsad fit` chooses here; features change by float rounding only
-        scorer = replace(scorer, network_batch=default_network_batch(dev, tiling.count, sum(p.numel() for p in bb.parameters())))
+        scorer = replace(scorer, network_batch=_fit_call_size(dev, tiling.count, bb))
     calibrated = Calibrated(float(settings["false_alarm_rate"]), calibration, quantiles, maxima)
     tiled = TiledScorer(inner=scorer, tiling=tiling, seed=recipe.seed)
     return cls(bb, tiled, detector, recipe, MapSettings(**settings["maps"]), calibrated, bool(settings.get("tile_position")), settings.get("info"))
