@@ -19,8 +19,9 @@ import pytest
 from scipy.stats import betabinom
 
 from zsad.detection import conformal, maps
+from zsad.detection.calibration import Calibration
 from zsad.errors import ConfigError
-from zsad.integrations.anomalib.calibration import Calibration, card_text, normalise
+from zsad.integrations.anomalib.outputs import card_text, image_scale, map_scale, normalise
 from zsad.integrations.anomalib.version import INSTALL, REQUIREMENT, AnomalibVersionError, check_version
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,39 +38,47 @@ def test_p_values_decisions_and_thresholds_are_zsads(alpha):
     cal = np.round(rng.normal(size=60), 1)  # rounded: many ties with the new scores
     new = np.concatenate([np.round(rng.normal(size=500), 1), [cal.max(), cal.min(), cal.max() + 40]])
     maxima, medians = cal + np.abs(rng.normal(size=60)), cal - 1
-    c = Calibration(cal, maxima, medians, float(maxima.max()))
+    c = Calibration(alpha, cal, maxima, float(np.median(medians)))
     assert np.array_equal(c.p_values(new), conformal.p_values(cal, new))
     flagged = c.decide(new, alpha)
     assert np.array_equal(flagged, conformal.is_anomaly(cal, new, alpha))
     assert np.array_equal(flagged, c.p_values(new) <= alpha + 1e-12)
     assert c.image_threshold(alpha) == conformal.threshold(cal, alpha) and np.array_equal(flagged, new > c.image_threshold(alpha))
     assert c.map_threshold(alpha) == maps.map_threshold(maxima, alpha)
-    normal = normalise(new, c.image_scale(alpha))
+    normal = normalise(new, image_scale(c))
     assert ((normal > 0) & (normal < 1)).all() and np.array_equal(normal > 0.5, flagged)
     order = np.argsort(new, kind="stable")
     assert (np.diff(normal[order]) >= 0).all() and len(np.unique(normal)) == len(np.unique(new)), "order kept, no new ties"
-    assert normalise(np.array([c.image_threshold(alpha)]), c.image_scale(alpha))[0] == 0.5
-    far = normalise(cal.max() + np.array([1e3, 1e3 + 1]), c.image_scale(alpha)).astype(np.float32)  # as anomalib carries them
+    assert normalise(np.array([c.image_threshold()]), image_scale(c))[0] == 0.5
+    assert normalise(np.array([c.map_threshold()]), map_scale(c))[0] == 0.5 and c.map_top == maxima.max()
+    assert normalise(np.array([np.median(medians)]), map_scale(c))[0] == 0.25, "the typical map value (median of the medians) at ¼"
+    far = normalise(cal.max() + np.array([1e3, 1e3 + 1]), image_scale(c)).astype(np.float32)  # as anomalib carries them
     assert far[0] < far[1] < 1, "far anomalies stay apart in float32 (a logistic, or anomalib's clamp, ties them at 1.0)"
 
 
 def test_an_unreachable_rate_is_refused_naming_the_size_it_needs():
-    c = Calibration(np.arange(10.0))
-    with pytest.raises(ConfigError, match=r"0\.05 needs at least 19 normal calibration images.*has 10.*α ≥ 0\.0909"):
-        c.decide(np.zeros(3), 0.05)
+    c = Calibration(0.05, np.arange(10.0))
+    with pytest.raises(ConfigError, match=r"0\.05 needs at least 19 normal calibration images.*has 10.*α ≥ 0\.091 "):
+        c.decide(np.zeros(3))
+    with pytest.raises(ConfigError, match=r"has 10.*Use --false-alarm-rate 0\.091 or more"):
+        c.decide(np.zeros(3), remedy="Use --false-alarm-rate {smallest:g} or more.")
     with pytest.raises(ConfigError, match="strictly between 0 and 1"):
         c.decide(np.zeros(3), 1.5)
-    with pytest.raises(ConfigError, match="no calibration scores"):
-        Calibration(np.zeros(0)).image_threshold(0.2)
+    with pytest.raises(ConfigError, match="strictly between 0 and 1"):
+        Calibration(0.0, np.arange(10.0))
+    with pytest.raises(ConfigError, match="has 0, so no image could ever be flagged"):
+        Calibration(0.2, np.zeros(0)).decide(np.zeros(1))
+    assert c.image_threshold() == np.inf and not c.reaches() and c.reaches(0.1)
+    assert c.reaches(0.091) and not c.reaches(1 / 11 - 1e-4), "the α the message names is reachable; the one just below is not"
     assert c.decide(np.array([9.5, 8.5]), 0.1).tolist() == [True, False], "k = 1: only above the largest calibration score"
 
 
 def test_the_card_states_the_beta_spread():
-    c = Calibration(np.linspace(0, 1, 150))
-    text = card_text(c, 0.2, "Folder, val_split_mode from_test", excluded=4, model="Padim")
+    c = Calibration(0.2, np.linspace(0, 1, 150))
+    text = card_text(c, "Folder, val_split_mode from_test", excluded=4, model="Padim")
     spread = conformal.rate_spread(0.2, 150)
     assert "Beta(30, 121)" in text and f"{spread.q05:.2%}" in text and f"{spread.q95:.2%}" in text and "4 images labelled anomalous" in text
-    assert "**no rate**" in card_text(Calibration(np.arange(10.0)), 0.05)
+    assert "**no rate**" in card_text(Calibration(0.05, np.arange(10.0)))
 
 
 def test_the_version_check_names_the_tested_range_and_the_install_command():
@@ -276,7 +285,7 @@ def test_mean_false_alarm_rates_over_validation_splits(fitted):
         theirs, ours = [], {alpha: [] for alpha in (0.05, 0.1, 0.2)}
         for _ in range(1000):
             perm = rng.permutation(len(pool))
-            cal, new = Calibration(pool[perm[:n]]), pool[perm[n:]]
+            cal, new = Calibration(0.05, pool[perm[:n]]), pool[perm[n:]]
             theirs.append((new > cal.scores.max()).mean())
             for alpha in ours:
                 ours[alpha].append(cal.decide(new, alpha).mean())
@@ -290,7 +299,7 @@ def test_mean_false_alarm_rates_over_validation_splits(fitted):
 def test_the_conformal_state_round_trips_through_a_checkpoint_in_a_new_process(fitted, tmp_path):
     """Engine().predict(model, ckpt_path=...) in a fresh process, its post-processor built at the default α = 0.05: α = 0.2
     and the calibration come back from the checkpoint, every decision and p-value is the one made in this process, and the
-    normalised scores and maps are calibration.normalise of the raw ones (threshold at ½, inside (0, 1))."""
+    normalised scores and maps are outputs.normalise of the raw ones (threshold at ½, inside (0, 1))."""
     out = tmp_path / "out.npz"
     script = textwrap.dedent(f"""
         import sys
@@ -310,8 +319,8 @@ def test_the_conformal_state_round_trips_through_a_checkpoint_in_a_new_process(f
     assert again["alpha"] == ALPHA and again["n_cal"] == 150 and str(again["source"]) == "Folder, val_split_mode from_test"
     for key in ("path", "flag", "p", "mask_any"):
         assert np.array_equal(again[key], raw[key]), key
-    assert np.array_equal(again["score"], normalise(raw["score"], cal.image_scale(ALPHA)).astype(np.float32))
-    assert np.array_equal(again["map"], normalise(raw["map"], cal.map_scale(ALPHA)).astype(np.float32))
+    assert np.array_equal(again["score"], normalise(raw["score"], image_scale(cal, ALPHA)).astype(np.float32))
+    assert np.array_equal(again["map"], normalise(raw["map"], map_scale(cal, ALPHA)).astype(np.float32))
     assert np.array_equal(again["flag"], again["score"] > 0.5) and ((again["score"] > 0) & (again["score"] < 1)).all()
     assert np.array_equal(again["mask_any"], (again["map"] > 0.5).any(axis=1)) and ((again["map"] > 0) & (again["map"] < 1)).all()
 

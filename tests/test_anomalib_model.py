@@ -84,7 +84,7 @@ def test_image_scores_equal_zsads_own_detector(fitted):
     pred, det, ref = fitted["pred"], fitted["det"], fitted["ref"]
     ours = fitted["model"].detector
     assert ours.info["fit_names"] == det.info["fit_names"] and ours.info["calibration_names"] == det.info["calibration_names"]
-    assert np.abs(ours.calibration - det.calibration).max() <= 1e-6
+    assert np.abs(ours.calibration.scores - det.calibration.scores).max() <= 1e-6
     error = float(np.abs(ref.scores - pred["raw"]).max())
     print(f"\nZsad in anomalib vs AnomalyDetector on {len(ref.scores)} test images: max |score difference| = {error:.3g}")
     assert error <= 1e-6
@@ -94,13 +94,13 @@ def test_image_scores_equal_zsads_own_detector(fitted):
 
 
 def test_outputs_are_what_anomalib_expects(fitted):
-    """pred_score in (0, 1), the order of zsad's scores kept, threshold at ½ (calibration.normalise); pred_label = p ≤ α; maps at
+    """pred_score in (0, 1), the order of zsad's scores kept, threshold at ½ (outputs.normalise); pred_label = p ≤ α; maps at
     the input image's size (16 × 16) in (0, 1) with the outline threshold at ½."""
-    from zsad.integrations.anomalib.calibration import Calibration, normalise
+    from zsad.integrations.anomalib.outputs import image_scale, normalise
 
     pred, det = fitted["pred"], fitted["model"].detector
     assert ((pred["score"] > 0) & (pred["score"] < 1)).all() and ((pred["map"] > 0) & (pred["map"] < 1)).all()
-    expected = normalise(pred["raw"], Calibration(det.calibration).image_scale(ALPHA)).astype(np.float32)
+    expected = normalise(pred["raw"], image_scale(det.calibration, ALPHA)).astype(np.float32)
     assert np.array_equal(pred["score"], expected)
     order = np.argsort(pred["raw"], kind="stable")
     assert (np.diff(pred["score"][order]) >= 0).all()
@@ -168,7 +168,7 @@ def test_the_checkpoint_is_plain_data_and_predicts_the_same_in_a_new_process(fit
     checkpoint = torch.load(fitted["ckpt"], weights_only=True, map_location="cpu")
     state = checkpoint["zsad_detector"]
     assert set(state["texts"]) == {"card.md", "detector.json", "recipe.json", "settings.json"} and "calibration.npz" in state["arrays"]
-    assert np.array_equal(state["arrays"]["calibration.npz"]["scores"].numpy(), fitted["model"].detector.calibration)
+    assert np.array_equal(state["arrays"]["calibration.npz"]["scores"].numpy(), fitted["model"].detector.calibration.scores)
     out = tmp_path / "out.npz"
     script = textwrap.dedent(f"""
         import sys

@@ -110,3 +110,33 @@ def test_what_the_split_promises_when_a_folder_grows_or_shrinks(n, m):
             moved_any |= to_fit > 0
     if same_size:
         assert moved_any, "the old promise (nothing moves unless n_cal grows) is false: some trial with n_cal unchanged moves an image"
+
+
+def test_the_calibration_object_is_the_formulas_at_its_rate_or_any_other():
+    """zsad.detection.calibration.Calibration (what a detector folder and anomalib's post-processor hold) answers with
+    conformal.py's and maps.py's formulas: p-values, decisions, the k-th largest score and map maximum, the colour scale;
+    α defaults to the fitted rate, another α is one argument, and a mismatched map array is refused."""
+    from zsad.detection.calibration import Calibration
+    from zsad.detection.maps import colour_scale
+
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.normal(size=40), 1)
+    maxima = scores + np.abs(rng.normal(size=40))
+    c = Calibration(0.1, scores, maxima, -0.5, np.linspace(-1, 3, 5))
+    new = np.round(rng.normal(size=300), 1)
+    assert np.array_equal(c.p_values(new), conformal.p_values(scores, new))
+    for alpha in (None, 0.05, 0.3):
+        a = 0.1 if alpha is None else alpha
+        assert np.array_equal(c.decide(new, alpha), conformal.is_anomaly(scores, new, a))
+        assert c.image_threshold(alpha) == np.sort(scores)[-conformal.flag_rank(a, 40)]
+        assert c.map_threshold(alpha) == np.sort(maxima)[-conformal.flag_rank(a, 40)]
+        assert c.colour_scale(alpha) == colour_scale(-0.5, c.map_threshold(alpha), float(maxima.max()))
+    assert c.n == 40 and c.has_maps and c.map_top == maxima.max()
+    with pytest.raises(ValueError, match="40 calibration scores but 39 map maxima"):
+        Calibration(0.1, scores, maxima[:-1], -0.5)
+    with pytest.raises(ConfigError, match=r"needs at least 99 normal calibration images.*has 40.*Refit"):
+        c.decide(new, 0.01, remedy="Refit with more images, or α ≥ {smallest:g}.")
+    no_maps = Calibration(0.1, scores)
+    assert not no_maps.has_maps
+    with pytest.raises(ConfigError, match="holds no anomaly maps"):
+        no_maps.map_threshold()

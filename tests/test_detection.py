@@ -60,7 +60,7 @@ def test_held_out_normals_are_flagged_at_the_fitted_rate(whole, folders):
     """m held-out normal images: the flag count lies inside the 99.9% interval of beta-binomial(m, k, n_cal − k + 1)."""
     from zsad.detection.conformal import flag_rank
 
-    n_cal = len(whole.calibration)
+    n_cal = whole.calibration.n
     assert n_cal == 20 and whole.info["n_fit"] == 80 and whole.tiling.count == 1
     res = whole.score(folders / "held_out")
     k = flag_rank(0.2, n_cal)
@@ -317,7 +317,7 @@ def test_the_rate_holds_and_a_doubled_rate_would_fail_the_test(large):
     from zsad.detection.conformal import flag_rank
 
     det, res = large
-    n_cal, m = len(det.calibration), len(res.scores)
+    n_cal, m = det.calibration.n, len(res.scores)
     k = flag_rank(0.2, n_cal)
     lo, hi = betabinom(m, k, n_cal - k + 1).interval(0.999)
     assert n_cal == 200 and hi < 2 * 0.2 * m, "the band must exclude a detector that flags at 2α"
@@ -333,7 +333,7 @@ def test_a_normal_image_shows_an_outline_at_most_at_the_rate(large):
     det, res = large
     maxima = np.array([m.max() for m in res.maps])
     outlined = int((maxima > det.maps.threshold).sum())
-    n_cal, m = len(det.calibration), len(maxima)
+    n_cal, m = det.calibration.n, len(maxima)
     k = flag_rank(0.2, n_cal)
     lo, hi = betabinom(m, k, n_cal - k + 1).interval(0.999)
     assert lo <= outlined <= hi, f"{outlined} of {m} normal images outlined; the law allows {lo:.0f}–{hi:.0f}"
@@ -345,19 +345,21 @@ def test_a_rate_the_calibration_cannot_reach_is_refused(whole, fitted_folder, fo
     """k = ⌊α(n_cal + 1)⌋ = 0 would flag nothing and say nothing: score and the API refuse it, naming the size α needs."""
     from zsad.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"0\.001 needs at least 999 calibration images.*has 20.*--false-alarm-rate 0\.0477"):
+    with pytest.raises(ConfigError, match=r"0\.001 needs at least 999 normal calibration images.*has 20.*--false-alarm-rate 0\.0477"):
         whole.score(folders / "noise", false_alarm_rate=0.001)
     out, _ = fitted_folder
     proc = run_inprocess("score", str(folders / "noise"), "--detector", str(out), "--false-alarm-rate", "0.01", "--out", str(tmp_path / "s.csv"))
-    assert proc.returncode == 2 and "needs at least 99 calibration images" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "needs at least 99 normal calibration images" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "s.csv").exists(), "refused before anything is written"
 
 
 def test_a_card_without_a_reachable_rate_says_no_rate(whole, monkeypatch):
     """As `zsad test` saves detectors fitted on too few images: the card says "no rate" and why, never "Beta(0, …)"."""
+    from dataclasses import replace
+
     from zsad.detection.card import card_text
 
-    monkeypatch.setattr(whole, "false_alarm_rate", 0.01)  # 20 calibration images: k = 0
+    monkeypatch.setattr(whole, "calibration", replace(whole.calibration, false_alarm_rate=0.01))  # 20 calibration images: k = 0
     text = card_text(whole)
     assert "no rate" in text.lower() and "Beta(0" not in text and "needs at least 99 calibration images" in text
 
@@ -440,10 +442,11 @@ def test_outlines_follow_the_rate_decisions_are_made_at(fitted_folder):
 
     out, _ = fitted_folder
     det = AnomalyDetector.load(out, device="cpu")
-    assert det.map_maxima is not None and len(det.map_maxima) == len(det.calibration) == 10
-    assert det.maps_at(det.false_alarm_rate) is det.maps and det.maps.threshold == map_threshold(det.map_maxima, 0.1)
+    maxima = det.calibration.map_maxima
+    assert maxima is not None and len(maxima) == det.calibration.n == 10
+    assert det.maps_at(det.false_alarm_rate) is det.maps and det.maps.threshold == map_threshold(maxima, 0.1)
     wider = det.maps_at(0.3)
-    assert wider.threshold == map_threshold(det.map_maxima, 0.3) < det.maps.threshold and wider.vmin == det.maps.vmin
+    assert wider.threshold == map_threshold(maxima, 0.3) < det.maps.threshold and wider.vmin == det.maps.vmin
 
 
 def test_a_detector_fitted_on_a_gpu_gets_a_cpu_call_size_when_loaded_on_a_cpu(fitted_folder, folders, tmp_path):

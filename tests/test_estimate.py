@@ -83,4 +83,4 @@ def test_fit_with_the_fast_preset_records_its_tiling_and_steps(trained_checkpoin
                               device="cpu", cache_dir=tmp_path / "cache", batch_size=24, network_batch=24)
     assert (det.tiling.tile, det.tiling.stride, det.tiling.count) == (16, 16, 4)
     assert det.scorer.steps == 2 and det.network_evaluations_per_image() == 4 * 4
-    assert np.isfinite(det.calibration).all()
+    assert np.isfinite(det.calibration.scores).all()

@@ -13,7 +13,7 @@ from zsad.scoring.detector import GMMDetector, describe_detector
 def card_text(det: Any) -> str:
     """The card of a fitted AnomalyDetector."""
     info, recipe, tiling, maps = det.info, det.recipe, det.tiling, det.maps
-    n_cal, alpha = len(det.calibration), det.false_alarm_rate
+    n_cal, alpha = det.calibration.n, det.false_alarm_rate
     spread = rate_spread(alpha, n_cal)
     tiles = ("the whole image at the backbone's resolution" if tiling.count == 1 else
              f"{tiling.count} tiles of {tiling.tile} px every {tiling.stride} px over the image resized to {tiling.height}×{tiling.width} px "

@@ -39,7 +39,7 @@ def fit_folder(normal_dir: str, out: str, force: bool = False, backbone: str = "
 
 
 def summary_lines(det: AnomalyDetector, folder: Path) -> list[str]:
-    info, n_cal = det.info, len(det.calibration)
+    info, n_cal = det.info, det.calibration.n
     spread = rate_spread(det.false_alarm_rate, n_cal)
     return [
         "── summary " + "─" * 60,

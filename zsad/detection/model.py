@@ -14,7 +14,6 @@ calibration, so no p-values. Folders of an older format are refused with a messa
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -27,10 +26,11 @@ from torch.utils.data import DataLoader
 
 from zsad.data.base import ImageDataset
 from zsad.data.transforms import PREPROCESSING_VERSION, build_transform
-from zsad.detection import conformal
+from zsad.detection.calibration import Calibration
+from zsad.detection.conformal import check_rate
 from zsad.detection.estimate import LONG_RUN_SECONDS, estimate, faster_settings, seconds_per_evaluation
 from zsad.detection.inputs import Images, as_images, bit_depth_of
-from zsad.detection.maps import MapSettings, anomaly_map, colour_scale, image_scores, map_threshold, pixel_map, tile_map, upsample
+from zsad.detection.maps import MapSettings, anomaly_map, image_scores, pixel_map, tile_map, upsample
 from zsad.detection.presets import get_preset, preset_options
 from zsad.detection.settings import DetectorSettings
 from zsad.detection.sizing import choose_working_shape, image_sizes
@@ -141,33 +141,23 @@ def detector_scorer(backbone: Backbone, shape: tuple[int, int], device: torch.de
     return TiledScorer(inner=inner, tiling=tiling, seed=seed)
 
 
-@dataclass
-class Calibrated:
-    """What calibration on held-out normal images fixes (a detector folder's calibration.npz and its rate): the target
-    false-alarm rate α, the images' scores, their maps' maxima (the outline threshold at any α) and quantiles of their map
-    values (bin edges of streamed pixel metrics). Empty for a `zsad evaluate` prefix; only the rate before calibration."""
-
-    false_alarm_rate: Optional[float] = None
-    scores: Optional[np.ndarray] = None
-    map_quantiles: Optional[np.ndarray] = None
-    map_maxima: Optional[np.ndarray] = None
-
-
 class AnomalyDetector:
     """A diffusion-feature detector fitted on normal images, with a calibrated false-alarm rate."""
 
     def __init__(self, backbone: Backbone, tiled: TiledScorer, detector: Any, recipe: FeatureRecipe, maps: MapSettings,
-                 calibrated: Optional[Calibrated] = None, tile_position: bool = False, info: Optional[dict] = None):
+                 calibration: Optional[Calibration] = None, tile_position: bool = False, info: Optional[dict] = None):
         if tiled.seed != recipe.seed:
             raise ValueError(f"the tiled scorer's seed {tiled.seed} differs from the recipe's {recipe.seed}")
         self.backbone, self.tiled, self.detector, self.recipe = backbone, tiled, detector, recipe
         self.scorer, self.tiling = tiled.inner, tiled.tiling
         self.maps, self.tile_position, self.info = maps, tile_position, dict(info or {})
-        c = calibrated or Calibrated()
-        self.false_alarm_rate: Optional[float] = c.false_alarm_rate
-        self.calibration: Optional[np.ndarray] = c.scores  # the calibration images' scores
-        self.map_quantiles: Optional[np.ndarray] = c.map_quantiles
-        self.map_maxima: Optional[np.ndarray] = c.map_maxima
+        # None until calibrated (fit calibrates last) and for a `zsad evaluate` prefix
+        self.calibration: Optional[Calibration] = calibration
+
+    @property
+    def false_alarm_rate(self) -> Optional[float]:
+        """The rate the detector was calibrated for (None without calibration)."""
+        return None if self.calibration is None else self.calibration.false_alarm_rate
 
     @property
     def precision(self) -> str:
@@ -184,7 +174,7 @@ class AnomalyDetector:
         (`fit(normal, tile_stride=32)`). Its `preset` fills the tile stride and scorer options left unset."""
         t0 = time.time()
         s = (settings or DetectorSettings()).detector_part().replace(**options)
-        alpha = conformal.check_rate(s.false_alarm_rate)
+        alpha = check_rate(s.false_alarm_rate)
         get_preset(s.preset)  # a wrong name fails before any work
         kind = build_scorer(s.scorer, **(s.scorer_options or {})).detector  # an unknown scorer or option too
         if s.tile_position and kind != "gmm":  # before reading any image
@@ -209,7 +199,7 @@ class AnomalyDetector:
         combination = s.map_combination or ("tile+pixel" if inner.map_meaning else "tile")
         maps = MapSettings(combination=combination, aggregation=s.aggregation, top_k=s.top_k, blend=s.blend,
                            pixel_sigma=tiling.tile / 8 if tiling.count > 1 else 0.0)
-        det = cls(bb, tiled, None, recipe, maps, Calibrated(false_alarm_rate=alpha), tile_position=s.tile_position)
+        det = cls(bb, tiled, None, recipe, maps, tile_position=s.tile_position)
         say(f"[fit] working shape {tiling.height}×{tiling.width} px: {shape.reason}; {depth}-bit pixel values")
         for note in shape.notes + ([f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}"] if skipped else []):
             say(f"[fit] note: {note}")
@@ -218,7 +208,7 @@ class AnomalyDetector:
         det.say_estimate(len(split.fit) + len(split.calibration), "[fit] expected time for fit and calibration")
         fit_rows = det._fit_features(images.subset(split.fit), s.cache_dir, s.batch_size)
         det._fit_density(fit_rows)
-        det._calibrate(images.subset(split.calibration), s.batch_size)
+        det._calibrate(images.subset(split.calibration), s.batch_size, alpha)
         det.info = {"n_normal": len(images), "n_fit": len(split.fit), "n_calibration": len(split.calibration), "shots": s.shots,
                     "source": str(images.root or images.label), "fit_seconds": round(time.time() - t0, 1),
                     "backbone": bb.source or bb.path, "scorer": inner.name, "rate_holds": split.rate_holds,
@@ -288,10 +278,10 @@ class AnomalyDetector:
         fit_scores = self.detector.score(rows)
         self.maps.tile_mean, self.maps.tile_std = float(fit_scores.mean()), float(max(fit_scores.std(), 1e-12))
 
-    def _calibrate(self, images: Images, batch_size: int) -> None:
-        """Calibration scores, the outline threshold, the overlays' colour scale and the quantiles of the calibration
-        maps, in memory bounded by the number of images (not their pixels): the per-pixel maps wait in a file on disk
-        until their moments, which standardise them, are known."""
+    def _calibrate(self, images: Images, batch_size: int, alpha: float) -> None:
+        """The calibration at rate α (scores, map maxima, typical map value, quantiles of map values), and from it the
+        outline threshold and the overlays' colour scale, in memory bounded by the number of images (not their pixels):
+        the per-pixel maps wait in a file on disk until their moments, which standardise them, are known."""
         n, (H, W) = len(images), self.tiling.shape
         scores, tile_scores = [], []
         moments = np.zeros(3)  # count, sum, sum of squares of the per-pixel map values (float64)
@@ -309,12 +299,11 @@ class AnomalyDetector:
             if moments[0]:
                 mean = moments[1] / moments[0]
                 self.maps.pixel_mean, self.maps.pixel_std = float(mean), float(max(np.sqrt(max(moments[2] / moments[0] - mean**2, 0)), 1e-12))
-            self.calibration = np.concatenate(scores)
             maxima, medians, sample = self._calibration_map_statistics(torch.cat(tile_scores), pixels, batch_size)
-        self.maps.threshold = map_threshold(maxima, self.false_alarm_rate)
-        self.maps.vmin, self.maps.vmax = colour_scale(float(np.median(medians)), self.maps.threshold, float(maxima.max()))
-        self.map_quantiles = np.quantile(sample, np.linspace(0, 1, MAP_QUANTILES))
-        self.map_maxima = maxima
+        self.calibration = Calibration(alpha, np.concatenate(scores), maxima, float(np.median(medians)),
+                                       np.quantile(sample, np.linspace(0, 1, MAP_QUANTILES)))
+        self.maps.threshold = self.calibration.map_threshold()
+        self.maps.vmin, self.maps.vmax = self.calibration.colour_scale()
 
     def _calibration_map_statistics(self, tile_scores: torch.Tensor, pixels: Optional[np.ndarray], batch_size: int) -> tuple:
         """Per calibration image: the anomaly map's maximum and median, and an evenly spaced sample of its values."""
@@ -358,23 +347,16 @@ class AnomalyDetector:
         calibration set cannot reach (k = ⌊α(n_cal + 1)⌋ = 0: nothing could ever be flagged) is an error."""
         if self.calibration is None:
             return None
-        alpha = conformal.check_rate(false_alarm_rate) if false_alarm_rate is not None else float(self.false_alarm_rate)
-        n_cal = len(self.calibration)
-        if conformal.flag_rank(alpha, n_cal) == 0:
-            smallest = math.ceil(1e4 / (n_cal + 1)) / 1e4
-            raise ConfigError(f"A false-alarm rate of {alpha:g} needs at least {conformal.min_calibration(alpha)} calibration images (⌈1/α⌉ − 1); this "
-                              f"detector has {n_cal}, so it could never flag an image. Use --false-alarm-rate {smallest:g} or more "
-                              f"(1/(n_cal + 1)), or refit with more normal images (zsad fit).")
-        return alpha
+        return self.calibration.require_rate(false_alarm_rate, "Use --false-alarm-rate {smallest:g} or more (1/(n_cal + 1)), or refit with more "
+                                                               "normal images (zsad fit).")
 
     def maps_at(self, alpha: Optional[float]) -> MapSettings:
         """The map settings with the outline threshold (and colour scale) of rate `alpha`: the k-th largest calibration map
         maximum, so outlines mean the α that decisions are made at. The fitted settings for the fitted α or without maxima."""
-        if alpha is None or self.map_maxima is None or alpha == self.false_alarm_rate:
+        if alpha is None or self.calibration is None or not self.calibration.has_maps or alpha == self.false_alarm_rate:
             return self.maps
-        threshold = map_threshold(self.map_maxima, alpha)
-        vmin, vmax = colour_scale(float(self.maps.vmin), threshold, float(self.map_maxima.max()))
-        return replace(self.maps, threshold=threshold, vmin=vmin, vmax=vmax)
+        vmin, vmax = self.calibration.colour_scale(alpha)
+        return replace(self.maps, threshold=self.calibration.map_threshold(alpha), vmin=vmin, vmax=vmax)
 
     def iter_scores(self, images: Any, false_alarm_rate: Optional[float] = None, batch_size: int = 16, with_maps: bool = True,
                     skip_corrupt: bool = False, keep_parts: bool = False, decide: bool = True) -> Iterator[ImageScore]:
@@ -389,8 +371,8 @@ class AnomalyDetector:
             scores = image_scores(tmap, self.maps)
             pixels = pixel_map(self.tiling, batch.pixel_maps, self.maps) if with_maps else None
             amap = anomaly_map(tmap, pixels, self.maps) if with_maps else None
-            p = conformal.p_values(self.calibration, scores) if self.calibration is not None else None
-            flags = conformal.is_anomaly(self.calibration, scores, alpha) if alpha is not None else None
+            p = self.calibration.p_values(scores) if self.calibration is not None else None
+            flags = self.calibration.decide(scores, alpha) if alpha is not None else None
             worst = batch.tile_scores.argmax(dim=1)
             for j, pos in enumerate(batch.positions):
                 index = dataset.indices[pos]
@@ -420,7 +402,7 @@ class AnomalyDetector:
     @property
     def threshold(self) -> Optional[float]:
         """The image score above which an image is flagged at the fitted rate (None without calibration)."""
-        return None if self.calibration is None else conformal.threshold(self.calibration, self.false_alarm_rate)
+        return None if self.calibration is None else self.calibration.image_threshold()
 
     # ------------------------------------------------------------------ saving and loading
     def save(self, path: str | Path, force: bool = False) -> Path:
@@ -453,8 +435,9 @@ class AnomalyDetector:
 
         self.detector.save(folder / "detector")
         self.recipe.write(folder / "recipe.json")
-        np.savez(folder / "calibration.npz", scores=self.calibration, **{k: v for k, v in (("map_quantiles", self.map_quantiles),
-                                                                                              ("map_maxima", self.map_maxima)) if v is not None})
+        c = self.calibration
+        np.savez(folder / "calibration.npz", scores=c.scores, **{k: v for k, v in (("map_quantiles", c.map_quantiles), ("map_maxima", c.map_maxima))
+                                                                if v is not None})
         settings = {"format": FOLDER_FORMAT, "false_alarm_rate": self.false_alarm_rate, "threshold": self.threshold, "tiling": self.tiling.to_dict(),
                     "tile_position": self.tile_position, "maps": self.maps.to_dict(), "precision": self.precision, "info": self.info,
                     "network_evaluations_per_image": self.network_evaluations_per_image()}
@@ -565,9 +548,11 @@ def _load_folder(cls, folder: Path, device: str, backbone: Optional[str]) -> Ano
         # the recorded call size suits the device kind it was fitted on (a GPU's 256-row calls would pad a small image's few
         # tiles many-fold on a CPU): take the one `zsad fit` chooses here; features change by float rounding only
         scorer = replace(scorer, network_batch=_fit_call_size(dev, tiling.count, bb))
-    calibrated = Calibrated(float(settings["false_alarm_rate"]), calibration, quantiles, maxima)
+    maps = MapSettings(**settings["maps"])
+    # the typical map value is the colour scale's lower end, which calibration set (MapSettings.vmin)
+    calibrated = Calibration(float(settings["false_alarm_rate"]), calibration, maxima, None if maxima is None else maps.vmin, quantiles)
     tiled = TiledScorer(inner=scorer, tiling=tiling, seed=recipe.seed)
-    return cls(bb, tiled, detector, recipe, MapSettings(**settings["maps"]), calibrated, bool(settings.get("tile_position")), settings.get("info"))
+    return cls(bb, tiled, detector, recipe, maps, calibrated, bool(settings.get("tile_position")), settings.get("info"))
 
 
 def _normal_json(value: Any) -> str:

@@ -94,7 +94,7 @@ def score_folder(images_dir: str, detector: str, out: Optional[str] = None, fals
     alpha = det.decision_rate(false_alarm_rate)  # a rate the calibration set cannot reach is refused before anything is written
     if det.tiling.count > 1:
         det.say_estimate(len(images), f"[score] expected time for {len(images)} images")
-    summary.n_calibration = None if det.calibration is None else len(det.calibration)
+    summary.n_calibration = None if det.calibration is None else det.calibration.n
     style = _style(det, alpha)
     sheet = ContactSheet(n_calibration=summary.n_calibration) if heatmaps else None
     best: list = []

@@ -21,8 +21,9 @@ from zsad.data.base import FileSource, ImageDataset, open_image
 from zsad.data.layouts import LabelledItem, LabelledSet, check_masks, load_mask, parse_data_spec
 from zsad.data.transforms import build_transform
 from zsad.detection import conformal
+from zsad.detection.calibration import Calibration
 from zsad.detection.inputs import Images, image_size
-from zsad.detection.maps import MapSettings, anomaly_map, colour_scale, image_scores, map_threshold, pixel_map, tile_map, upsample
+from zsad.detection.maps import MapSettings, anomaly_map, image_scores, pixel_map, tile_map, upsample
 from zsad.detection.model import MAP_QUANTILES, AnomalyDetector, resolve_device
 from zsad.detection.overlays import OverlayStyle, overlay, overlay_style
 from zsad.detection.settings import DetectorSettings
@@ -264,12 +265,14 @@ def score_streamed(det: AnomalyDetector, labelled: LabelledSet, test_images: Ima
     """One pass over the test images: scores, decisions at one α, pixel metrics fed map by map (the default and each
     variant), and the maps of the overlay examples; no map is kept beyond its image."""
     alpha = _alpha(settings, det)
-    rate_holds = det.calibration is not None and conformal.flag_rank(alpha, len(det.calibration)) >= 1
+    rate_holds = det.calibration is not None and det.calibration.reaches(alpha)
     maps_at_alpha = det.maps_at(alpha)  # outlines at the α the rows are decided and labelled at
     masks = labelled.has_masks
     kinds = _variants(det) if variants else {}
-    metrics = {k: MapMetrics(det.map_quantiles, settings.metric_size, maps_at_alpha.threshold if not k else None, keep_images=settings.pixel_store)
-               for k in ["", *[k for k, (_, maps) in kinds.items() if maps]]} if masks else {}
+    quantiles = None if det.calibration is None else det.calibration.map_quantiles
+    with_maps = ["", *[k for k, (_, maps) in kinds.items() if maps]]
+    metrics = {k: MapMetrics(quantiles, settings.metric_size, maps_at_alpha.threshold if not k else None, keep_images=settings.pixel_store)
+               for k in with_maps} if masks else {}
     scores: dict[str, list[float]] = {k: [] for k in ["", *kinds]}
     flagged: list[bool] = []
     keeper = Examples(examples)
@@ -293,7 +296,7 @@ def score_streamed(det: AnomalyDetector, labelled: LabelledSet, test_images: Ima
     style = overlay_style(maps_at_alpha)
     rows = [Scored(det.scorer.name, np.array(scores[""]), np.array(flagged) if rate_holds else None, metrics[""].result() if masks else {},
                    seconds, rate_holds, det.network_evaluations_per_image(), style, alpha=alpha,
-                   note=None if rate_holds else _no_rate(alpha, 0 if det.calibration is None else len(det.calibration)),
+                   note=None if rate_holds else _no_rate(alpha, 0 if det.calibration is None else det.calibration.n),
                    pixels=metrics[""].images if masks else None)]
     for kind in kinds:
         same_maps = {k: v for k, v in rows[0].pixel.items() if k not in ("outlined_normals", "outline_coverage")}  # outlines: default row only
@@ -323,7 +326,7 @@ class _FittedBaseline:
 
     name: str
     method: Any
-    cal_scores: np.ndarray
+    calibration: Calibration
     style: OverlayStyle
     metrics: Optional[MapMetrics]
     scores: list = field(default_factory=list)
@@ -338,19 +341,18 @@ def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Imag
     fit_x = _tensor(train.subset([by_name[n] for n in det.info["fit_names"]]), shape, det.bit_depth)
     cal_x = _tensor(train.subset([by_name[n] for n in det.info["calibration_names"]]), shape, det.bit_depth)
     alpha = _alpha(settings, det)
-    rate_holds = conformal.flag_rank(alpha, cal_x.shape[0]) >= 1
     fitted: list[_FittedBaseline] = []
     for name in BASELINES:
         t0 = time.time()
         method = build_baseline(name).fit(fit_x)
         cal_maps = method.maps(cal_x)
-        cal_scores = cal_maps.flatten(1).amax(1).numpy()
-        threshold = map_threshold(cal_scores, alpha)  # the same outline rule as the detectors': the k-th largest map maximum
-        typical = float(np.median(cal_maps.flatten(1).median(1).values.numpy()))
-        style = OverlayStyle(*colour_scale(typical, threshold, float(cal_scores.max())), threshold)
-        sample = np.quantile(cal_maps.numpy().ravel(), np.linspace(0, 1, MAP_QUANTILES))
-        metrics = MapMetrics(sample, settings.metric_size, threshold, keep_images=settings.pixel_store) if labelled.has_masks else None
-        fitted.append(_FittedBaseline(name, method, cal_scores, style, metrics, seconds=time.time() - t0))
+        maxima = cal_maps.flatten(1).amax(1).numpy()  # a baseline's image score is its map's maximum
+        # the detectors' conformal state, so the same outline rule (the k-th largest map maximum) and colour scale
+        cal = Calibration(alpha, maxima, maxima, float(np.median(cal_maps.flatten(1).median(1).values.numpy())),
+                          np.quantile(cal_maps.numpy().ravel(), np.linspace(0, 1, MAP_QUANTILES)))
+        style = OverlayStyle(*cal.colour_scale(), cal.map_threshold())
+        metrics = MapMetrics(cal.map_quantiles, settings.metric_size, cal.map_threshold(), keep_images=settings.pixel_store) if labelled.has_masks else None
+        fitted.append(_FittedBaseline(name, method, cal, style, metrics, seconds=time.time() - t0))
     # test images batch by batch, each read once for every baseline: a large set never sits in memory
     for start in range(0, len(test_images), settings.batch_size):
         t0 = time.time()
@@ -366,10 +368,10 @@ def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Imag
             f.seconds += reading + time.time() - t0
     out = []
     for f in fitted:
-        scores, metrics = (np.concatenate(f.scores) if f.scores else np.zeros(0)), f.metrics
-        flagged = conformal.is_anomaly(f.cal_scores, scores, alpha) if rate_holds else None
+        scores, metrics, rate_holds = (np.concatenate(f.scores) if f.scores else np.zeros(0)), f.metrics, f.calibration.reaches()
+        flagged = f.calibration.decide(scores) if rate_holds else None
         out.append(Scored(f.name, scores, flagged, metrics.result() if metrics else {}, f.seconds, rate_holds, 0, f.style, alpha=alpha,
-                          note=None if rate_holds else _no_rate(alpha, cal_x.shape[0]), pixels=metrics.images if metrics else None))
+                          note=None if rate_holds else _no_rate(alpha, f.calibration.n), pixels=metrics.images if metrics else None))
     return out
 
 

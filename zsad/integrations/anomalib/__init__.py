@@ -5,7 +5,7 @@ with a stated false-alarm rate for any anomalib model.
     model = Zsad(backbone="zsad-demo", false_alarm_rate=0.05)
     model = Padim(post_processor=ConformalPostProcessor(false_alarm_rate=0.05))
 
-Importing this package needs no anomalib: the calibration arithmetic (`calibration`) is plain numpy. The first use of
+Importing this package needs no anomalib: the conformal state (zsad.detection.calibration) and its outputs (`outputs`) are plain numpy. The first use of
 `ConformalPostProcessor` or `Zsad` checks the installed anomalib against the tested range and imports it; a missing, untested or
 broken anomalib is an `AnomalibVersionError` that names the range and `pip install "zsad[anomalib]"`.
 """

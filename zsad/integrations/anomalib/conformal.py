@@ -9,7 +9,7 @@ keeps that plumbing and replaces what it computes:
   refused. A validation set that is a copy of the test set (val_split_mode "same_as_test", the default of MVTecAD, VisA,
   MPDD, Kolektor and Real-IAD) is refused before anything runs: it leaks test images, anomalies included, into the threshold.
 * test and predict: `pred_label` = p ≤ α (zsad.detection.conformal), `pred_mask` = map above the k-th largest calibration map
-  maximum, `pred_score` and `anomaly_map` normalised into (0, 1) with the thresholds at 0.5 (calibration.normalise), and the
+  maximum, `pred_score` and `anomaly_map` normalised into (0, 1) with the thresholds at 0.5 (outputs.normalise), and the
   p-values as an extra attribute `p_value` on the batch.
 * checkpoint: the calibration arrays are buffers (so in `state_dict`, resized on load), α and the calibration's source go
   through anomalib's `checkpoint_config`, so `Engine().predict(model, ckpt_path=...)` gives the same decisions.
@@ -20,11 +20,13 @@ from __future__ import annotations
 import warnings
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
+from zsad.detection.calibration import Calibration
 from zsad.detection.conformal import check_rate, flag_rank, min_calibration
 from zsad.errors import ConfigError
-from zsad.integrations.anomalib.calibration import Calibration, card_text, normalise
+from zsad.integrations.anomalib.outputs import card_text, image_scale, map_scale, normalise
 from zsad.integrations.anomalib.version import require_anomalib
 
 require_anomalib()  # before anomalib's own imports: an untested version fails here, with the range and the install command
@@ -33,7 +35,10 @@ from anomalib.data import Batch, InferenceBatch  # noqa: E402
 from anomalib.post_processing import PostProcessor  # noqa: E402
 from lightning import LightningModule, Trainer  # noqa: E402
 
-_BUFFERS = ("calibration_scores", "calibration_map_maxima", "calibration_map_medians", "calibration_map_top")
+_BUFFERS = ("calibration_scores", "calibration_map_maxima", "calibration_map_medians")
+# how a rate this calibration cannot reach is mended here (Calibration.require_rate's remedy)
+_REMEDY = ("Give the validation set more normal images (a larger val_split_ratio), or choose α ≥ {smallest:g} "
+           "(post_processor.false_alarm_rate = ...).")
 _LEAKING_SPLITS = {"same_as_test"}
 
 
@@ -65,13 +70,11 @@ class ConformalPostProcessor(PostProcessor):
         self.calibration_source = ""  # e.g. "Folder, val_split_mode from_test": said on the card
         self.excluded_anomalous = 0  # validation images labelled anomalous, left out of calibration
         # float64 so that scores round-trip exactly through a checkpoint; sizes change on calibration and on load
-        for name in _BUFFERS[:3]:
+        for name in _BUFFERS:
             self.register_buffer(name, torch.zeros(0, dtype=torch.float64))
-        self.register_buffer("calibration_map_top", torch.tensor(float("nan"), dtype=torch.float64))
         self.calibration_scores: torch.Tensor
         self.calibration_map_maxima: torch.Tensor
         self.calibration_map_medians: torch.Tensor
-        self.calibration_map_top: torch.Tensor
         self._collected: Optional[dict[str, list]] = None
 
     # -- the rate and the calibration ------------------------------------------------------------------------------------
@@ -85,18 +88,17 @@ class ConformalPostProcessor(PostProcessor):
 
     @property
     def calibration(self) -> Calibration:
-        """The calibration as plain arrays (zsad.integrations.anomalib.calibration)."""
+        """The conformal state at the current α, as zsad's detectors hold it (zsad.detection.calibration)."""
         has_maps = len(self.calibration_map_maxima) == len(self.calibration_scores) > 0
         return Calibration(
-            self.calibration_scores.cpu().numpy(),
+            self.false_alarm_rate, self.calibration_scores.cpu().numpy(),
             self.calibration_map_maxima.cpu().numpy() if has_maps else None,
-            self.calibration_map_medians.cpu().numpy() if has_maps else None,
-            float(self.calibration_map_top) if has_maps else None,
+            float(np.median(self.calibration_map_medians.cpu().numpy())) if has_maps else None,
         )
 
     def card(self, model: str = "") -> str:
         """The card (Markdown): calibration size, thresholds, and the Beta spread of the realised false-alarm rate."""
-        return card_text(self.calibration, self.false_alarm_rate, self.calibration_source, self.excluded_anomalous, model)
+        return card_text(self.calibration, self.calibration_source, self.excluded_anomalous, model)
 
     @property
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
@@ -131,7 +133,7 @@ class ConformalPostProcessor(PostProcessor):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         del pl_module
         # every validation epoch calibrates afresh (the model may have changed); the sanity check calibrates nothing
-        self._collected = None if trainer is not None and trainer.sanity_checking else {"scores": [], "maxima": [], "medians": [], "top": [], "excluded": 0}
+        self._collected = None if trainer is not None and trainer.sanity_checking else {"scores": [], "maxima": [], "medians": [], "excluded": 0}
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Batch, *args: Any, **kwargs: Any) -> None:
         """Keep the raw scores (and map statistics) of the images labelled normal."""
@@ -155,7 +157,6 @@ class ConformalPostProcessor(PostProcessor):
             maps = outputs.anomaly_map.detach().flatten(1).to(torch.float64).cpu()[normal]
             self._collected["maxima"].append(maps.amax(dim=1))
             self._collected["medians"].append(maps.median(dim=1).values)
-            self._collected["top"].append(maps.amax() if len(maps) else torch.tensor(float("-inf"), dtype=torch.float64))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Store the calibration in the buffers; warn when α cannot be reached with it (decisions will refuse)."""
@@ -167,12 +168,14 @@ class ConformalPostProcessor(PostProcessor):
         if len(scores) == 0:
             raise ConfigError(f"The validation set held no image labelled normal ({got['excluded']} anomalous), so there is nothing to calibrate "
                               "on. Calibrate on normal images the model was not fitted on: val_split_mode='from_train' or 'from_test'.")
+        if not torch.isfinite(scores).all():
+            raise ConfigError(f"{int((~torch.isfinite(scores)).sum())} calibration scores are not finite; the model's scores on normal "
+                              "validation images must be numbers.")
         maps = len(got["maxima"]) == len(got["scores"])  # every batch had maps
         device = self.calibration_scores.device
         self.calibration_scores = scores.to(device)
         self.calibration_map_maxima = torch.cat(got["maxima"]).to(device) if maps else torch.zeros(0, dtype=torch.float64, device=device)
         self.calibration_map_medians = torch.cat(got["medians"]).to(device) if maps else torch.zeros(0, dtype=torch.float64, device=device)
-        self.calibration_map_top = (torch.stack(got["top"]).amax() if maps else torch.tensor(float("nan"), dtype=torch.float64)).to(device)
         self.excluded_anomalous = got["excluded"]
         if flag_rank(self.false_alarm_rate, len(scores)) == 0:
             warnings.warn(f"Calibrated on {len(scores)} normal images, too few for α = {self.false_alarm_rate:g} (it needs at least "
@@ -182,7 +185,12 @@ class ConformalPostProcessor(PostProcessor):
     # -- decisions: test and predict ----------------------------------------------------------------------------------------
     def _decide(self, pred_score: Optional[torch.Tensor], anomaly_map: Optional[torch.Tensor]) -> dict[str, Optional[torch.Tensor]]:
         """Decisions, p-values, masks and normalised outputs of raw model outputs."""
-        cal, alpha = self.calibration, self.false_alarm_rate
+        cal = self.calibration
+        if cal.n == 0:
+            raise ConfigError("The conformal post-processor has no calibration scores: validate the model on normal images it was not fitted on "
+                              "(Engine.fit or Engine.validate with a datamodule whose val_split_mode is 'from_train' or 'from_test'), or load a "
+                              "checkpoint saved after that.")
+        alpha = cal.require_rate(remedy=_REMEDY)
         raw = _image_scores(pred_score, anomaly_map).cpu().numpy()
         shape_of = pred_score if pred_score is not None else raw
         device = (pred_score if pred_score is not None else anomaly_map).device
@@ -190,13 +198,13 @@ class ConformalPostProcessor(PostProcessor):
         out: dict[str, Optional[torch.Tensor]] = {"pred_label": label, "p_value": torch.from_numpy(cal.p_values(raw)).to(device),
                                                   "pred_score": pred_score, "anomaly_map": anomaly_map, "pred_mask": None}
         if self.enable_normalization:
-            score = normalise(raw, cal.image_scale(alpha)).reshape(shape_of.shape)
+            score = normalise(raw, image_scale(cal, alpha)).reshape(shape_of.shape)
             out["pred_score"] = torch.from_numpy(score).to(device=device, dtype=pred_score.dtype if pred_score is not None else torch.float32)
         if anomaly_map is not None and cal.has_maps:
             raw_map = anomaly_map.detach().to(torch.float64)
             out["pred_mask"] = raw_map > cal.map_threshold(alpha)
             if self.enable_normalization:
-                normal = normalise(raw_map.cpu().numpy(), cal.map_scale(alpha))
+                normal = normalise(raw_map.cpu().numpy(), map_scale(cal, alpha))
                 out["anomaly_map"] = torch.from_numpy(normal).to(device=device, dtype=anomaly_map.dtype)
         return out
 
@@ -216,11 +224,11 @@ class ConformalPostProcessor(PostProcessor):
     # anomalib's own attributes, answered from the conformal state, for code that reads them (tiled ensemble, exporters)
     @property
     def image_threshold(self) -> torch.Tensor:
-        return torch.tensor(self.calibration.image_threshold(self.false_alarm_rate))
+        return torch.tensor(self.calibration.image_threshold())
 
     @property
     def pixel_threshold(self) -> torch.Tensor:
-        return torch.tensor(self.calibration.map_threshold(self.false_alarm_rate))
+        return torch.tensor(self.calibration.map_threshold())
 
     @property
     def normalized_image_threshold(self) -> torch.Tensor:

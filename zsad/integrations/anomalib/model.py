@@ -10,7 +10,7 @@
   model on the fit part, the conformal calibration on the rest. No gradient, no optimiser.
 * Pre-processing: zsad's own (bit-depth rule, bilinear resize to the working shape, [-1, 1]), run inside the detector;
   anomalib's pre-processor does nothing unless `configure_pre_processor(image_size=...)` asks it to resize first.
-* Outputs: `pred_score` = calibration.normalise of zsad's image score (order kept, threshold at 0.5), `anomaly_map` at the
+* Outputs: `pred_score` = outputs.normalise of zsad's image score (order kept, threshold at 0.5), `anomaly_map` at the
   input image's size (normalised the same way on zsad's overlay colour scale), `pred_label` = zsad's conformal decision
   p ≤ α, `pred_mask` = map above zsad's outline threshold; `p_value` and the raw `zsad_score` ride along on every batch.
   The model's post-processor (`ZsadPostProcessor`) passes these through: anomalib's default one would re-threshold them
@@ -36,7 +36,7 @@ from zsad.detection.maps import upsample
 from zsad.detection.model import AnomalyDetector
 from zsad.detection.settings import DetectorSettings
 from zsad.errors import ConfigError
-from zsad.integrations.anomalib.calibration import Calibration, _scale, normalise
+from zsad.integrations.anomalib.outputs import image_scale, map_scale, normalise
 from zsad.integrations.anomalib.version import require_anomalib
 
 require_anomalib()  # before anomalib's own imports: an untested version fails here, with the range and the install command
@@ -98,17 +98,14 @@ class ZsadTorchModel(nn.Module):
         self._map_scale: Optional[tuple[float, float]] = None
 
     def set_detector(self, detector: AnomalyDetector) -> None:
-        """Use `detector`; the normalisation scales follow from its calibration (calibration.normalise)."""
+        """Use `detector`; the normalisation scales follow from its calibration (outputs.normalise)."""
         if detector.calibration is None:
             raise ConfigError("Zsad needs a detector with calibration (AnomalyDetector.fit); a `zsad evaluate` prefix has none.")
-        alpha = float(detector.false_alarm_rate)
         self.detector = detector
         # images: threshold at 0.5, the calibration median at 0.25 (the ConformalPostProcessor's map of scores)
-        self._image_scale = Calibration(detector.calibration).image_scale(alpha)
-        # maps: zsad's overlay colour scale, vmin = the median of the calibration maps' medians, the outline threshold at 0.5
-        maps = detector.maps
-        top = float(detector.map_maxima.max()) if detector.map_maxima is not None else float(maps.vmax)
-        self._map_scale = _scale(float(maps.threshold), float(maps.vmin), top - float(maps.vmin))
+        self._image_scale = image_scale(detector.calibration)
+        # maps: zsad's overlay colour scale, from the typical calibration map value to twice the outline threshold's distance
+        self._map_scale = map_scale(detector.calibration)
 
     def require_detector(self) -> AnomalyDetector:
         if self.detector is None:
