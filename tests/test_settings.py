@@ -126,3 +126,17 @@ def test_the_anomalib_model_takes_the_same_fields_and_defaults():
     assert all(FIT_DEFAULTS[name] == defaults[name] for name in FIT_OPTIONS if name != "backbone")
     left_out = set(defaults) - set(FIT_OPTIONS)
     assert left_out == {"skip_corrupt", "bit_depth"}  # anomalib hands over decoded 8-bit images (model.py says why)
+
+
+@pytest.mark.parametrize("kind", [DetectorSettings, IndustrialSettings])
+def test_settings_are_hashable_and_keep_their_own_copy_of_the_scorer_options(kind):
+    """Frozen settings can be a cache key or a set member although scorer_options is a dict, equal settings hash alike,
+    different options differ, and changing the caller's dict afterwards does not change the settings."""
+    options = {"steps": 5, "t_grid": [1, 2]}
+    a = kind(scorer_options=options)
+    options["steps"] = 3
+    options["t_grid"].append(3)
+    assert a.scorer_options == {"steps": 5, "t_grid": [1, 2]}
+    b = kind(scorer_options={"t_grid": [1, 2], "steps": 5})
+    assert a == b and hash(a) == hash(b) and len({a, b, kind()}) == 2
+    assert hash(a) != hash(kind(scorer_options={"steps": 4, "t_grid": [1, 2]}))

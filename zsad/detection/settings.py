@@ -9,6 +9,7 @@ here and nowhere else, so a new option is one field (and a flag where a command 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -45,6 +46,15 @@ class DetectorSettings:
     network_batch: Optional[int] = None
     cache_dir: Optional[str] = "outputs/feature_cache"
 
+    def __post_init__(self) -> None:
+        if self.scorer_options is not None:  # a copy: the caller's dict, changed later, does not change these settings
+            object.__setattr__(self, "scorer_options", copy.deepcopy(dict(self.scorer_options)))
+
+    def __hash__(self) -> int:
+        """Frozen settings are hashable (a cache key, a set member) although `scorer_options` is a dict; a subclass sets
+        `__hash__ = DetectorSettings.__hash__`, since a frozen dataclass would generate one that fails on the dict."""
+        return hash(tuple((f.name, _hashable(getattr(self, f.name))) for f in dataclasses.fields(self)))
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(DetectorSettings))
@@ -66,3 +76,12 @@ class DetectorSettings:
     def detector_part(self) -> "DetectorSettings":
         """Only the detector's own fields, as a plain DetectorSettings (for a subclass such as IndustrialSettings)."""
         return DetectorSettings(**{name: getattr(self, name) for name in DetectorSettings.names()})
+
+
+def _hashable(value: Any) -> Any:
+    """A dict or list as a tuple (sorted by key), recursively; any other value as it is."""
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    return value

@@ -48,6 +48,8 @@ class IndustrialSettings(DetectorSettings):
     """What `zsad test` runs: every DetectorSettings field (the defaults of `zsad fit`, docs/method.md §7) and the
     benchmark's own options below."""
 
+    __hash__ = DetectorSettings.__hash__  # the generated one would fail on scorer_options' dict
+
     false_alarm_rate: Optional[float] = None  # None: DetectorSettings' default when fitting, a --detector's own rate when testing one
     scorers: tuple[str, ...] = ()  # the table's methods, each fitted with these settings; empty: (scorer,)
     metric_size: Optional[int] = None  # pixel metrics at the masks' resolution unless set (masks and maps resized to it)
