@@ -131,6 +131,10 @@ def test_images_labelled_anomalous_never_enter_calibration():
         _calibrate(ConformalPostProcessor(), _batch([1.0, 2.0]))
     with pytest.raises(ConfigError, match="no image labelled normal"):
         _calibrate(ConformalPostProcessor(), _batch([1.0, 2.0], [1, 1]))
+    with pytest.raises(ConfigError, match="1 calibration scores are not finite"):
+        _calibrate(ConformalPostProcessor(), _batch([1.0, float("nan"), 2.0], [0, 0, 0]))
+    with pytest.raises(ConfigError, match="no calibration scores: validate the model"):
+        ConformalPostProcessor()(InferenceBatch(pred_score=torch.tensor([1.0])))
 
 
 def test_too_few_calibration_images_warn_and_decisions_are_refused():
