@@ -66,7 +66,7 @@ def test_an_unreachable_rate_is_refused_naming_the_size_it_needs():
         c.decide(np.zeros(3), 1.5)
     with pytest.raises(ConfigError, match="strictly between 0 and 1"):
         Calibration(0.0, np.arange(10.0))
-    with pytest.raises(ConfigError, match="has 0, so no image could ever be flagged"):
+    with pytest.raises(ConfigError, match="holds no scores, so nothing can be decided"):
         Calibration(0.2, np.zeros(0)).decide(np.zeros(1))
     assert c.image_threshold() == np.inf and not c.reaches() and c.reaches(0.1)
     assert c.reaches(0.091) and not c.reaches(1 / 11 - 1e-4), "the α the message names is reachable; the one just below is not"
@@ -135,6 +135,14 @@ def test_images_labelled_anomalous_never_enter_calibration():
         _calibrate(ConformalPostProcessor(), _batch([1.0, float("nan"), 2.0], [0, 0, 0]))
     with pytest.raises(ConfigError, match="no calibration scores: validate the model"):
         ConformalPostProcessor()(InferenceBatch(pred_score=torch.tensor([1.0])))
+    with pytest.raises(ConfigError, match="no calibration scores"):
+        ConformalPostProcessor().image_threshold  # noqa: B018 (anomalib's attribute, read by its exporters)
+    assert pp.image_threshold.item() == 5.0 and pp.pixel_threshold.item() == 111.0, "k = 1: the largest normal score and map maximum"
+    # a checkpoint from before 2026-12-07 also holds the largest map value, now derived: it still loads
+    state = {**pp.state_dict(), "calibration_map_top": torch.tensor(111.0, dtype=torch.float64)}
+    again = ConformalPostProcessor(false_alarm_rate=0.25)
+    again.load_state_dict(state)
+    assert again.calibration_scores.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0] and again.image_threshold.item() == 5.0
 
 
 def test_too_few_calibration_images_warn_and_decisions_are_refused():

@@ -136,6 +136,8 @@ def test_the_calibration_object_is_the_formulas_at_its_rate_or_any_other():
         Calibration(0.1, scores, maxima[:-1], -0.5)
     with pytest.raises(ConfigError, match=r"needs at least 99 normal calibration images.*has 40.*Refit"):
         c.decide(new, 0.01, remedy="Refit with more images, or α ≥ {smallest:g}.")
+    with pytest.raises(ConfigError, match="holds no scores, so nothing can be decided"):
+        Calibration(0.1, np.zeros(0)).decide(new)
     no_maps = Calibration(0.1, scores)
     assert not no_maps.has_maps
     with pytest.raises(ConfigError, match="holds no anomaly maps"):

@@ -380,6 +380,12 @@ def test_an_older_or_edited_detector_folder_is_refused(fitted_folder, tmp_path, 
     (old / "settings.json").write_text(json.dumps({**settings, "tiling": {**settings["tiling"], "stride": 16}}))
     with pytest.raises(DetectorFolderError, match="tiling.*differs from the recipe"):
         AnomalyDetector.load(old, device="cpu")
+    (old / "settings.json").write_text(json.dumps(settings))
+    with np.load(out / "calibration.npz") as data:
+        arrays = dict(data)
+    np.savez(old / "calibration.npz", **{**arrays, "map_maxima": arrays["map_maxima"][:-1]})  # one image's maximum lost
+    with pytest.raises(DetectorFolderError, match="calibration file is damaged.*10 calibration scores but 9 map maxima"):
+        AnomalyDetector.load(old, device="cpu")
     monkeypatch.setattr(model, "PREPROCESSING_VERSION", model.PREPROCESSING_VERSION + 1)  # today's preprocessing code changed
     with pytest.raises(RecipeMismatchError, match="preprocessing"):
         AnomalyDetector.load(out, device="cpu")

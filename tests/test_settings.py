@@ -140,3 +140,5 @@ def test_settings_are_hashable_and_keep_their_own_copy_of_the_scorer_options(kin
     b = kind(scorer_options={"t_grid": [1, 2], "steps": 5})
     assert a == b and hash(a) == hash(b) and len({a, b, kind()}) == 2
     assert hash(a) != hash(kind(scorer_options={"steps": 4, "t_grid": [1, 2]}))
+    with pytest.raises(ConfigError, match="scorer_options must map option names to values.*'steps=5'"):
+        kind(scorer_options="steps=5")

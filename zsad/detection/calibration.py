@@ -24,7 +24,7 @@ from zsad.detection.maps import colour_scale, map_threshold
 from zsad.errors import ConfigError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compare the fields themselves, not two objects
 class Calibration:
     """The target false-alarm rate α, the calibration images' scores (higher = more anomalous) and, for models with maps,
     each image's map maximum, the typical map value (median of the maps' medians) and quantiles of all map values (bin
@@ -73,6 +73,8 @@ class Calibration:
         """α, checked: a rate this calibration can reach, or an error that names the calibration size it needs and
         `remedy`, the caller's way to get there (its own option names)."""
         alpha = self.rate(alpha)
+        if self.n == 0:
+            raise ConfigError("This calibration holds no scores, so nothing can be decided: calibrate on normal images the model was not fitted on.")
         if not self.reaches(alpha):
             smallest = math.ceil(1e4 / (self.n + 1)) / 1e4
             remedy = remedy or "Choose α ≥ {smallest:g} (1/(n_cal + 1)), or calibrate on more normal images."

@@ -532,10 +532,13 @@ def _load_folder(cls, folder: Path, device: str, backbone: Optional[str]) -> Ano
     try:
         detector = load_detector(folder / "detector")
         with np.load(folder / "calibration.npz", allow_pickle=False) as data:
-            calibration = data["scores"]
+            scores = data["scores"]
             quantiles = data["map_quantiles"] if "map_quantiles" in data else None
             maxima = data["map_maxima"] if "map_maxima" in data else None
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        maps = MapSettings(**settings["maps"])
+        # the typical map value is the colour scale's lower end, which calibration set (MapSettings.vmin)
+        calibrated = Calibration(float(settings["false_alarm_rate"]), scores, maxima, None if maxima is None else maps.vmin, quantiles)
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
         raise DetectorFolderError(f"{folder}: the detector or calibration file is damaged or missing ({type(err).__name__}: {err}). "
                                   "Fit the detector again with `zsad fit`.") from None
     tiling = Tiling.from_dict(settings["tiling"])
@@ -548,9 +551,6 @@ def _load_folder(cls, folder: Path, device: str, backbone: Optional[str]) -> Ano
         # the recorded call size suits the device kind it was fitted on (a GPU's 256-row calls would pad a small image's few
         # tiles many-fold on a CPU): take the one `zsad fit` chooses here; features change by float rounding only
         scorer = replace(scorer, network_batch=_fit_call_size(dev, tiling.count, bb))
-    maps = MapSettings(**settings["maps"])
-    # the typical map value is the colour scale's lower end, which calibration set (MapSettings.vmin)
-    calibrated = Calibration(float(settings["false_alarm_rate"]), calibration, maxima, None if maxima is None else maps.vmin, quantiles)
     tiled = TiledScorer(inner=scorer, tiling=tiling, seed=recipe.seed)
     return cls(bb, tiled, detector, recipe, maps, calibrated, bool(settings.get("tile_position")), settings.get("info"))
 

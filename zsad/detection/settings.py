@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -48,6 +49,8 @@ class DetectorSettings:
 
     def __post_init__(self) -> None:
         if self.scorer_options is not None:  # a copy: the caller's dict, changed later, does not change these settings
+            if not isinstance(self.scorer_options, Mapping):
+                raise ConfigError(f"scorer_options must map option names to values, e.g. {{'steps': 5}}; got {self.scorer_options!r}.")
             object.__setattr__(self, "scorer_options", copy.deepcopy(dict(self.scorer_options)))
 
     def __hash__(self) -> int:

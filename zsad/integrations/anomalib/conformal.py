@@ -48,6 +48,13 @@ def _split_mode(datamodule: Any) -> Optional[str]:
     return None if mode is None else str(getattr(mode, "value", mode))
 
 
+def _require_finite(scores: torch.Tensor) -> None:
+    bad = int((~torch.isfinite(scores)).sum())
+    if bad:
+        raise ConfigError(f"{bad} calibration scores are not finite; the model's scores on normal validation images must be numbers. "
+                          "Check the model's outputs, then calibrate again: Engine().validate(model, datamodule=...).")
+
+
 def _image_scores(pred_score: Optional[torch.Tensor], anomaly_map: Optional[torch.Tensor]) -> torch.Tensor:
     """One raw score per image [B] (float64): the model's pred_score, or the maximum of its map as anomalib does without one."""
     if pred_score is not None:
@@ -89,6 +96,7 @@ class ConformalPostProcessor(PostProcessor):
     @property
     def calibration(self) -> Calibration:
         """The conformal state at the current α, as zsad's detectors hold it (zsad.detection.calibration)."""
+        _require_finite(self.calibration_scores)  # also scores that came from a checkpoint
         has_maps = len(self.calibration_map_maxima) == len(self.calibration_scores) > 0
         return Calibration(
             self.false_alarm_rate, self.calibration_scores.cpu().numpy(),
@@ -112,6 +120,7 @@ class ConformalPostProcessor(PostProcessor):
                               "post-processor. Calibrate the model instead: Engine().validate(model, datamodule=...) with normal validation images.")
         for name in _BUFFERS:
             getattr(self, name).resize_(state_dict[prefix + name].shape)
+        state_dict.pop(prefix + "calibration_map_top", None)  # checkpoints before 2026-12-07 kept the largest map value, now derived
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     # -- calibration: validation --------------------------------------------------------------------------------------------
@@ -168,9 +177,7 @@ class ConformalPostProcessor(PostProcessor):
         if len(scores) == 0:
             raise ConfigError(f"The validation set held no image labelled normal ({got['excluded']} anomalous), so there is nothing to calibrate "
                               "on. Calibrate on normal images the model was not fitted on: val_split_mode='from_train' or 'from_test'.")
-        if not torch.isfinite(scores).all():
-            raise ConfigError(f"{int((~torch.isfinite(scores)).sum())} calibration scores are not finite; the model's scores on normal "
-                              "validation images must be numbers.")
+        _require_finite(scores)
         maps = len(got["maxima"]) == len(got["scores"])  # every batch had maps
         device = self.calibration_scores.device
         self.calibration_scores = scores.to(device)
@@ -185,12 +192,7 @@ class ConformalPostProcessor(PostProcessor):
     # -- decisions: test and predict ----------------------------------------------------------------------------------------
     def _decide(self, pred_score: Optional[torch.Tensor], anomaly_map: Optional[torch.Tensor]) -> dict[str, Optional[torch.Tensor]]:
         """Decisions, p-values, masks and normalised outputs of raw model outputs."""
-        cal = self.calibration
-        if cal.n == 0:
-            raise ConfigError("The conformal post-processor has no calibration scores: validate the model on normal images it was not fitted on "
-                              "(Engine.fit or Engine.validate with a datamodule whose val_split_mode is 'from_train' or 'from_test'), or load a "
-                              "checkpoint saved after that.")
-        alpha = cal.require_rate(remedy=_REMEDY)
+        cal, alpha = self._checked()
         raw = _image_scores(pred_score, anomaly_map).cpu().numpy()
         shape_of = pred_score if pred_score is not None else raw
         device = (pred_score if pred_score is not None else anomaly_map).device
@@ -208,6 +210,15 @@ class ConformalPostProcessor(PostProcessor):
                 out["anomaly_map"] = torch.from_numpy(normal).to(device=device, dtype=anomaly_map.dtype)
         return out
 
+    def _checked(self) -> tuple[Calibration, float]:
+        """The calibration and its α, or a clear error: none yet, or too few images for α."""
+        cal = self.calibration
+        if cal.n == 0:
+            raise ConfigError("The conformal post-processor has no calibration scores: validate the model on normal images it was not fitted on "
+                              "(Engine.fit or Engine.validate with a datamodule whose val_split_mode is 'from_train' or 'from_test'), or load a "
+                              "checkpoint saved after that.")
+        return cal, cal.require_rate(remedy=_REMEDY)
+
     def post_process_batch(self, batch: Batch) -> None:
         """Rewrite a test or predict batch in place; the p-values ride along as `batch.p_value`."""
         out = self._decide(batch.pred_score, batch.anomaly_map)
@@ -224,11 +235,13 @@ class ConformalPostProcessor(PostProcessor):
     # anomalib's own attributes, answered from the conformal state, for code that reads them (tiled ensemble, exporters)
     @property
     def image_threshold(self) -> torch.Tensor:
-        return torch.tensor(self.calibration.image_threshold())
+        cal, alpha = self._checked()
+        return torch.tensor(cal.image_threshold(alpha))
 
     @property
     def pixel_threshold(self) -> torch.Tensor:
-        return torch.tensor(self.calibration.map_threshold())
+        cal, alpha = self._checked()
+        return torch.tensor(cal.map_threshold(alpha))
 
     @property
     def normalized_image_threshold(self) -> torch.Tensor:

@@ -36,7 +36,7 @@ from zsad.detection.maps import upsample
 from zsad.detection.model import AnomalyDetector
 from zsad.detection.settings import DetectorSettings
 from zsad.errors import ConfigError
-from zsad.integrations.anomalib.outputs import image_scale, map_scale, normalise
+from zsad.integrations.anomalib.outputs import _scale, image_scale, map_scale, normalise
 from zsad.integrations.anomalib.version import require_anomalib
 
 require_anomalib()  # before anomalib's own imports: an untested version fails here, with the range and the install command
@@ -105,7 +105,9 @@ class ZsadTorchModel(nn.Module):
         # images: threshold at 0.5, the calibration median at 0.25 (the ConformalPostProcessor's map of scores)
         self._image_scale = image_scale(detector.calibration)
         # maps: zsad's overlay colour scale, from the typical calibration map value to twice the outline threshold's distance
-        self._map_scale = map_scale(detector.calibration)
+        cal, maps = detector.calibration, detector.maps
+        # a folder saved before the calibration maps' maxima were kept has only the fitted scale (threshold, vmin, vmax)
+        self._map_scale = map_scale(cal) if cal.has_maps else _scale(float(maps.threshold), float(maps.vmin), float(maps.vmax) - float(maps.vmin))
 
     def require_detector(self) -> AnomalyDetector:
         if self.detector is None:

@@ -27,8 +27,10 @@ def image_scale(calibration: Calibration, alpha: Optional[float] = None) -> tupl
 
 def map_scale(calibration: Calibration, alpha: Optional[float] = None) -> tuple[float, float]:
     """(threshold, unit) of maps: the map threshold and its distance above the typical calibration map value."""
-    typical, alpha = float(calibration.map_typical), calibration.require_rate(alpha)
-    return _scale(calibration.map_threshold(alpha), typical, calibration.map_top - typical)
+    alpha = calibration.require_rate(alpha)
+    threshold = calibration.map_threshold(alpha)  # refuses a calibration without maps
+    typical = float(calibration.map_typical)
+    return _scale(threshold, typical, calibration.map_top - typical)
 
 
 def _scale(thresh: float, typical: float, spread: float) -> tuple[float, float]:
