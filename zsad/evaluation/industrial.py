@@ -329,7 +329,6 @@ class _FittedBaseline:
     name: str
     method: Any
     calibration: Calibration
-    style: OverlayStyle
     metrics: Optional[MapMetrics]
     scores: list = field(default_factory=list)
     seconds: float = 0.0
@@ -352,9 +351,8 @@ def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Imag
         # the detectors' conformal state, so the same outline rule (the k-th largest map maximum) and colour scale
         cal = Calibration(alpha, maxima, maxima, float(np.median(cal_maps.flatten(1).median(1).values.numpy())),
                           np.quantile(cal_maps.numpy().ravel(), np.linspace(0, 1, MAP_QUANTILES)))
-        style = OverlayStyle(*cal.colour_scale(), cal.map_threshold())
         metrics = MapMetrics(cal.map_quantiles, settings.metric_size, cal.map_threshold(), keep_images=settings.pixel_store) if labelled.has_masks else None
-        fitted.append(_FittedBaseline(name, method, cal, style, metrics, seconds=time.time() - t0))
+        fitted.append(_FittedBaseline(name, method, cal, metrics, seconds=time.time() - t0))
     # test images batch by batch, each read once for every baseline: a large set never sits in memory
     for start in range(0, len(test_images), settings.batch_size):
         t0 = time.time()
@@ -372,7 +370,8 @@ def run_baselines(det: AnomalyDetector, labelled: LabelledSet, test_images: Imag
     for f in fitted:
         scores, metrics, rate_holds = (np.concatenate(f.scores) if f.scores else np.zeros(0)), f.metrics, f.calibration.reaches()
         flagged = f.calibration.decide(scores) if rate_holds else None
-        out.append(Scored(f.name, scores, flagged, metrics.result() if metrics else {}, f.seconds, rate_holds, 0, f.style, alpha=alpha,
+        style = OverlayStyle(*f.calibration.colour_scale(), f.calibration.map_threshold())
+        out.append(Scored(f.name, scores, flagged, metrics.result() if metrics else {}, f.seconds, rate_holds, 0, style, alpha=alpha,
                           note=None if rate_holds else _no_rate(alpha, f.calibration.n), pixels=metrics.images if metrics else None))
     return out
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from zsad.detection.calibration import Calibration
-from zsad.detection.conformal import check_rate, flag_rank, min_calibration
+from zsad.detection.conformal import check_rate, min_calibration
 from zsad.errors import ConfigError
 from zsad.integrations.anomalib.outputs import card_text, image_scale, map_scale, normalise
 from zsad.integrations.anomalib.version import require_anomalib
@@ -184,7 +184,7 @@ class ConformalPostProcessor(PostProcessor):
         self.calibration_map_maxima = torch.cat(got["maxima"]).to(device) if maps else torch.zeros(0, dtype=torch.float64, device=device)
         self.calibration_map_medians = torch.cat(got["medians"]).to(device) if maps else torch.zeros(0, dtype=torch.float64, device=device)
         self.excluded_anomalous = got["excluded"]
-        if flag_rank(self.false_alarm_rate, len(scores)) == 0:
+        if not self.calibration.reaches():
             warnings.warn(f"Calibrated on {len(scores)} normal images, too few for α = {self.false_alarm_rate:g} (it needs at least "
                           f"{min_calibration(self.false_alarm_rate)}): test and predict will refuse to decide until α is raised "
                           "(post_processor.false_alarm_rate = ...) or the model is validated on more normal images.", stacklevel=2)
