@@ -118,6 +118,9 @@ def test_options_are_checked():
     for bad in ({"statistic": "sum"}, {"selection": "ood"}, {"bandwidth": "wide"}, {"bandwidth": 0}, {"select": -1}):
         with pytest.raises(ConfigError):
             ScopedKDEDetector(**bad)
+    with pytest.raises(ConfigError, match="select to null"):  # a count that `all` would silently ignore
+        ScopedKDEDetector(select=2, selection="all")
+    assert ScopedKDEDetector(select=None, selection="all").selection == "all"
 
 
 def _features(norm2: np.ndarray, trace: np.ndarray) -> np.ndarray:
@@ -147,7 +150,12 @@ def test_kde_scores_outliers_higher_and_round_trips(tmp_path):
     id_feats = _features(rng.normal(10, 1, (300, 3)), -np.full((300, 3), 10.0))
     far = _features(rng.normal(30, 1, (50, 3)), -np.full((50, 3), 10.0))
     det = make_detector("scoped_kde", None).fit(id_feats)
-    assert det.levels_.tolist() == choose_levels(id_feats, 2, "stein").tolist()
+    # the default chosen by experiments/scoped/RULE.md: both parts at every level (6 KDE columns here)
+    assert (det.statistic, det.levels_.tolist(), det.bandwidth) == ("both", [0, 1, 2], "scott")
+    assert det._columns(id_feats).shape == (300, 6)
+    paper = ScopedKDEDetector(statistic="ratio", select=2, selection="stein").fit(id_feats)
+    assert paper.levels_.tolist() == choose_levels(id_feats, 2, "stein").tolist()
+    assert paper.score(far).min() > paper.score(id_feats[:50]).max()
     s_id, s_far = det.score(id_feats[:50]), det.score(far)
     assert s_far.min() > s_id.max()
     det.save(tmp_path / "d")

@@ -175,9 +175,9 @@ class SoftMinKNNConfig:
 class ScopedKDEConfig:
     """SCOPED's detector (zsad.scoring.scoped_detector.ScopedKDEDetector); docs/method.md §3.6 says which option is the paper's."""
 
-    statistic: str = "ratio"  # ratio | hyvarinen | both
-    select: Optional[int] = 2  # levels kept (null or 0: all the scorer computed)
-    selection: str = "stein"  # stein | spread | all, on ID-train features only
+    statistic: str = "both"  # ratio | hyvarinen | both (the paper's reading: ratio, select 2 by stein; RULE.md chose this)
+    select: Optional[int] = None  # levels kept (null or 0: all the scorer computed)
+    selection: str = "stein"  # stein | spread (| all), how `select` levels are picked, on ID-train features only
     bandwidth: Any = "scott"  # a positive number, or scott | silverman
     standardize: bool = True
 

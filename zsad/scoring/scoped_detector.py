@@ -70,13 +70,16 @@ def choose_levels(id_features, count: Optional[int], how: str = "stein", stat: s
 
 @dataclass
 class ScopedKDEDetector:
-    """Keep `select` of the scorer's levels by `selection` on the ID-train features; take `statistic` at them;
-    standardise each column on the ID set (`standardize`); Gaussian KDE with `bandwidth` (a number, or scott |
-    silverman, sklearn's rules on the standardised columns)."""
+    """Keep `select` of the scorer's levels by `selection` on the ID-train features (every level when `select` is
+    None or 0); take `statistic` at them; standardise each column on the ID set (`standardize`); Gaussian KDE with
+    `bandwidth` (a number, or scott | silverman, sklearn's rules on the standardised columns).
 
-    statistic: str = "ratio"
-    select: Optional[int] = 2
-    selection: str = "stein"
+    The default (both parts, every level, Scott's rule) was chosen by experiments/scoped/RULE.md on two benchmarks;
+    the paper's reading as zsad reads it is statistic="ratio", select=2, selection="stein"."""
+
+    statistic: str = "both"
+    select: Optional[int] = None
+    selection: str = "stein"  # how `select` levels are picked when select is a number
     bandwidth: Union[float, str] = "scott"
     standardize: bool = True
 
@@ -87,6 +90,9 @@ class ScopedKDEDetector:
             raise ConfigError(f"scoped_kde: selection must be one of {', '.join(SELECTIONS)}; got '{self.selection}'.")
         if self.select is not None and int(self.select) < 0:
             raise ConfigError(f"scoped_kde: select must be a number of levels >= 1 (or null/0 for all); got {self.select}.")
+        if self.select and self.selection == "all":  # choose_levels would keep every level: say so instead
+            raise ConfigError(f"scoped_kde: select={self.select} with selection=all keeps every level; set selection to stein or "
+                              "spread to keep that many, or select to null to keep all.")
         if isinstance(self.bandwidth, str):
             if self.bandwidth not in BANDWIDTH_RULES:
                 raise ConfigError(f"scoped_kde: bandwidth must be a positive number or one of {', '.join(BANDWIDTH_RULES)}; "
