@@ -32,7 +32,7 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def _projected_fit(det, rows: np.ndarray, per_image: float, n: int) -> float:
+def _projected_fit(det, rows: np.ndarray, kind: str, per_image: float, n: int) -> float:
     """Seconds to fit on `n` normal images at the default 5% rate: each image extracted once (fit or calibration part),
     and the detector fitted on the fit part's rows, here resampled from the measured ones with a jitter of 1e-3 of each
     column's spread (an approximation: the mixture's cross-validation sees near-copies in its folds)."""
@@ -44,7 +44,7 @@ def _projected_fit(det, rows: np.ndarray, per_image: float, n: int) -> float:
     sample = rows[rng.integers(0, len(rows), n_fit * tiles)]
     sample = sample + rng.normal(0, 1e-3, sample.shape) * rows.std(0, keepdims=True)
     start = time.perf_counter()
-    det._fit_density(sample)
+    det._fit_density(sample, kind)
     return n * per_image + time.perf_counter() - start
 
 
@@ -75,10 +75,10 @@ def main() -> None:
         captured: dict = {}  # the fit part's tile rows, for the projection (the detector does not keep them)
         fit_density = AnomalyDetector._fit_density
 
-        def timed_fit_density(self, rows):
+        def timed_fit_density(self, rows, kind):
             start = time.perf_counter()
-            fit_density(self, rows)
-            captured.update(rows=rows, seconds=time.perf_counter() - start)
+            fit_density(self, rows, kind)
+            captured.update(rows=rows, kind=kind, seconds=time.perf_counter() - start)
 
         AnomalyDetector._fit_density = timed_fit_density
         start = time.perf_counter()
@@ -101,7 +101,7 @@ def main() -> None:
         "tile_stride": det.tiling.stride, "scored": [p.parent.name + "/" + p.name for p in tests], "seconds": seconds,
         "median_seconds": statistics.median(seconds), "max_seconds": max(seconds), "fit_images": n_normal,
         "fit_seconds": fit_seconds,
-        "projected_fit_seconds": {n: _projected_fit(det, captured["rows"], per_image, n) for n in (100, 300)},
+        "projected_fit_seconds": {n: _projected_fit(det, captured["rows"], captured["kind"], per_image, n) for n in (100, 300)},
     }
     print(f"{args.preset}: {report['tiles']} tiles, {report['evaluations_per_image']} network evaluations per {args.size} px image on "
           f"{report['threads']} threads ({report['cpu']}): median {report['median_seconds']:.1f} s, max {report['max_seconds']:.1f} s "

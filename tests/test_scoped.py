@@ -210,15 +210,16 @@ def test_zsad_fit_uses_the_methods_own_detector(scorer, kind, trained_checkpoint
     np.testing.assert_array_equal(again.score(noise).scores, before.scores)
 
 
-def test_tile_position_is_refused_for_detectors_that_read_columns(tmp_path):
+@pytest.mark.parametrize("flags,says", [(["--scorer", "scoped"], "Leave --tile-position off."),
+                                        (["--detector-kind", "softmin_knn"], "Leave --tile-position off or use --detector-kind gmm.")])
+def test_tile_position_is_refused_for_detectors_that_take_no_positions(flags, says, tmp_path):
     from conftest import run_inprocess
     from PIL import Image
 
     (tmp_path / "normal").mkdir()
     for i in range(3):
         Image.new("RGB", (16, 16), (i, 2 * i, 3 * i)).save(tmp_path / "normal" / f"{i}.png")
-    result = run_inprocess("fit", str(tmp_path / "normal"), "-o", str(tmp_path / "det"), "--scorer", "scoped", "--tile-position",
-                           "--backbone", "random")
+    result = run_inprocess("fit", str(tmp_path / "normal"), "-o", str(tmp_path / "det"), *flags, "--tile-position", "--backbone", "random")
     assert result.returncode != 0
-    assert "Leave --tile-position off" in result.stdout + result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
+    assert says in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr and not (tmp_path / "det").exists()

@@ -126,6 +126,11 @@ def test_the_anomalib_model_takes_the_same_fields_and_defaults():
     assert all(FIT_DEFAULTS[name] == defaults[name] for name in FIT_OPTIONS if name != "backbone")
     left_out = set(defaults) - set(FIT_OPTIONS)
     assert left_out == {"skip_corrupt", "bit_depth"}  # anomalib hands over decoded 8-bit images (model.py says why)
+    from zsad.integrations.anomalib.model import Zsad
+
+    assert Zsad(detector_kind="softmin_knn").fit_options["detector_kind"] == "softmin_knn"
+    with pytest.raises(ConfigError, match="gmm, softmin_knn"):  # when the model is made, not after the epoch
+        Zsad(detector_kind="knn")
 
 
 @pytest.mark.parametrize("kind", [DetectorSettings, IndustrialSettings])

@@ -206,3 +206,71 @@ def test_published_column_holds_like_with_like_only():
     assert published_auroc(ufcod, SimpleNamespace(trained_on="celeba"), "cifar10", "cifar100") is None  # not in its README
     assert published_auroc(ufcod, SimpleNamespace(trained_on="shapes"), "cifar10", "svhn") is None
     assert published_auroc(build_scorer("scoped"), SimpleNamespace(trained_on="celeba"), "cifar10", "svhn") is None
+
+
+def test_references_per_tile_position_are_ufcods_choice_at_each_position(tmp_path):
+    """On tiles, references are picked at every tile position (rows are image-major: row i is position i % T), each
+    position's exactly as UFCOD's selection picks them from that position's rows alone."""
+    from zsad.scoring.ufcod_detector import select_references, select_references_by_group
+
+    rng = np.random.default_rng(3)
+    T, images = 4, 150
+    x = rng.normal(size=(images * T, 5)) + np.tile(np.arange(T), images)[:, None] * 3.0  # positions differ in level
+    positions = np.tile(np.arange(T), images)
+    chosen = select_references_by_group(x, positions, 20, "facility_location", 42)
+    expected = np.concatenate([np.flatnonzero(positions == p)[select_references(x[positions == p], 20, "facility_location", 42)]
+                               for p in range(T)])
+    np.testing.assert_array_equal(chosen, expected)
+    assert len(chosen) == 80 and len(set(chosen.tolist())) == 80
+    assert np.bincount(positions[chosen]).tolist() == [20] * T  # all together would not balance the positions
+    with pytest.raises(ValueError, match="one label per row"):
+        select_references_by_group(x, positions[:-1], 20, "facility_location", 42)
+    det = SoftMinKNNDetector().fit(x, groups=positions)
+    np.testing.assert_array_equal(det.selected_, select_references_by_group(x, positions, 100, "facility_location", 42))
+    assert (len(det.references_), det.groups_) == (400, T)
+    assert "100 at most per tile position, 4 positions" in describe_detector(det)
+    # the fit rows score as new rows would: a reference leaves itself out (its calibration statistics), the others do not
+    fitted, plain = det.score_fitted(x), det.score(x)
+    refs = np.zeros(len(x), dtype=bool)
+    refs[det.selected_] = True
+    np.testing.assert_allclose(fitted[det.selected_].mean(), 0.0, atol=1e-12)  # z-calibrated by the same leave-one-out scores
+    np.testing.assert_array_equal(fitted[~refs], plain[~refs])
+    assert (fitted[refs] > plain[refs]).all()  # without itself at distance 0, every reference is farther
+    det.save(tmp_path / "d")
+    again = load_detector(tmp_path / "d")
+    assert again.groups_ == T
+    np.testing.assert_allclose(again.score_fitted(x), fitted, rtol=0, atol=1e-12)  # recomputed, not kept from fit
+    np.testing.assert_array_equal(again.score(x[:50]), det.score(x[:50]))
+
+
+def test_zsad_fit_takes_the_soft_min_knn_on_tiles(trained_checkpoint, tmp_path):
+    """`detector_kind="softmin_knn"` (`zsad fit --detector-kind softmin_knn`) fits UFCOD's detector on diffpath_fused's
+    tile rows, its references picked per tile position; every fit tile is one while there are at most 100 fit images;
+    the folder scores the same after loading; a tile-position GMM option or an unknown kind is refused before any work."""
+    from PIL import Image
+
+    from zsad import AnomalyDetector
+    from zsad.data import make_builtin
+    from zsad.detection.card import card_text
+    from zsad.detection.settings import DetectorSettings
+
+    (tmp_path / "normal").mkdir()
+    for i, a in enumerate(make_builtin("clouds", "train", 24)):
+        Image.fromarray(np.asarray(Image.fromarray(a).resize((32, 32)))).save(tmp_path / "normal" / f"n{i:03d}.png")
+    det = AnomalyDetector.fit(tmp_path / "normal", backbone=str(trained_checkpoint), detector_kind="softmin_knn", scorer_options={"steps": 2},
+                              false_alarm_rate=0.2, device="cpu", cache_dir=tmp_path / "cache", batch_size=24, network_batch=64)
+    T = det.tiling.count
+    assert T == 9 and isinstance(det.detector, SoftMinKNNDetector) and det.detector.groups_ == T
+    assert len(det.detector.references_) == det.info["n_fit"] * T  # n_fit ≤ 100: every fit tile is a reference
+    assert "per tile position" in card_text(det) and "Gaussian mixture" not in card_text(det)
+    noise = torch.from_numpy(make_builtin("noise", "test", 4)).permute(0, 3, 1, 2).float() / 255
+    normal = torch.from_numpy(make_builtin("clouds", "test", 4)).permute(0, 3, 1, 2).float() / 255
+    s_noise, s_normal = det.score(noise).scores, det.score(normal).scores
+    assert s_noise.min() > s_normal.max()
+    det.save(tmp_path / "det")
+    np.testing.assert_array_equal(AnomalyDetector.load(tmp_path / "det", device="cpu").score(noise).scores, s_noise)
+    with pytest.raises(ConfigError, match="--detector-kind gmm"):
+        AnomalyDetector.fit(tmp_path / "normal", backbone=str(trained_checkpoint), detector_kind="softmin_knn", tile_position=True)
+    with pytest.raises(ConfigError, match="gmm, softmin_knn"):
+        DetectorSettings(detector_kind="knn")
+

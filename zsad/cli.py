@@ -70,7 +70,7 @@ def _cmd_score(args) -> int:
 
 
 # The flags of `zsad fit` and `zsad test` that are DetectorSettings fields; a flag left unset (None) takes the field's default.
-DETECTOR_FLAGS = ("scorer", "false_alarm_rate", "shots", "working_size", "tile_stride", "preset", "map_combination", "aggregation", "blend",
+DETECTOR_FLAGS = ("scorer", "detector_kind", "false_alarm_rate", "shots", "working_size", "tile_stride", "preset", "map_combination", "aggregation", "blend",
                   "bit_depth", "tile_position", "skip_corrupt", "device", "batch_size", "cache_dir")
 
 
@@ -169,6 +169,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="feature cache (default outputs/feature_cache)")
 
 
+def _add_detector_kind_option(p: argparse.ArgumentParser) -> None:
+    """What `zsad fit` and `zsad test` fit on the tile features."""
+    p.add_argument("--detector-kind", choices=["gmm", "softmin_knn"], default=None,
+                   help="fitted on the tile features: gmm (a Gaussian mixture) or softmin_knn (UFCOD's soft-min kNN, 100 references picked "
+                   "per tile position); default: the scorer's own (gmm for diffpath_fused)")
+
+
 def _add_blend_option(p: argparse.ArgumentParser) -> None:
     """The options of how images become maps, shared by `zsad fit` and `zsad test`."""
     p.add_argument("--blend", choices=["max", "hann", "mean"], default=None,
@@ -223,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregation", choices=["max", "top_k"], default=None,
                    help="image score: the maximum of the tile map (default), or the mean of its top 10%% of pixels")
     p.add_argument("--tile-position", action="store_true", help="give the detector each tile's position too (objects at a fixed place)")
+    _add_detector_kind_option(p)
     _add_blend_option(p)
     _add_run_options(p)
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (counted) instead of stopping at the first")
@@ -269,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="the scorers' trajectory steps (default: the preset's; see zsad fit)")
     p.add_argument("--map-combination", choices=["tile", "tile+pixel", "pixel"], default=None)
     p.add_argument("--aggregation", choices=["max", "top_k"], default=None, help="image score (default max)")
+    _add_detector_kind_option(p)
     _add_blend_option(p)
     p.add_argument("--metric-size", type=int, default=None, help="compute pixel metrics at this size instead of the masks' resolution")
     p.add_argument("--no-baselines", action="store_true", help="skip the pixel_gaussian and nearest_ssim rows")

@@ -5,8 +5,10 @@ per-image pixel histograms; then the paired Δ of every candidate against the de
     python experiments/fast_preset/sweep.py --backbone CKPT [--out outputs/fast_preset] [--settings default,fast,...] [--size 128]
 
 `--size 32 --settings default,upsampled=2x --out outputs/working_size` is the working-size ablation (issue 26 §1): the
-benchmarks at 32 px, scored at their own size (the default's rule) and upsampled 2×. Settings that cost more than the
-default are ablation rows, never candidates of the rule, and only run when named. A folder's benchmarks keep one size.
+benchmarks at 32 px, scored at their own size (the default's rule) and upsampled 2×. `--settings default,softmin_knn`
+is the detector-kind ablation (experiments/detector_kind/RULE.md): UFCOD's soft-min kNN on the same tile features.
+Settings that cost more than the default or change what is fitted are ablation rows, never candidates of the rule,
+and only run when named. A folder's benchmarks keep one size.
 
 Writes OUT/data/{ad_demo,perlin} (the benchmarks), OUT/<benchmark>/<setting>/ (`zsad test` folders),
 OUT/<benchmark>.json (choose_fast.py's tables), OUT/times.json and OUT/results.md (the tables and the decision).
@@ -42,6 +44,13 @@ class Setting:
     stride: int  # tile stride in px with 16 px tiles
     steps: Optional[int]  # None: the scorer's own (10)
     upsample: int = 1  # working size = images' size × this; 1: the default's own-size rule (no --working-size)
+    detector_kind: Optional[str] = None  # None: the scorer's own (a Gaussian mixture); softmin_knn: UFCOD's detector
+    shots: Optional[int] = None  # fit on this many normal images only (calibration unchanged)
+
+    @property
+    def ablation(self) -> bool:
+        """Not a candidate of the fast preset's rule: it costs more (upsampled) or changes what is fitted."""
+        return self.upsample > 1 or self.detector_kind is not None or self.shots is not None
 
 
 SETTINGS = {
@@ -52,6 +61,10 @@ SETTINGS = {
     "steps=3": Setting(TILE // 2, 3),
     "steps=5": Setting(TILE // 2, 5),
     "upsampled=2x": Setting(TILE // 2, None, upsample=2),  # an ablation row: the working-size rule against upsampling
+    # ablation rows of experiments/detector_kind/RULE.md: UFCOD's detector, and both detectors fitted on 20 normal images
+    "softmin_knn": Setting(TILE // 2, None, detector_kind="softmin_knn"),
+    "shots=20": Setting(TILE // 2, None, shots=20),
+    "softmin_knn_shots=20": Setting(TILE // 2, None, detector_kind="softmin_knn", shots=20),
 }
 
 
@@ -75,7 +88,8 @@ def run_setting(data: Path, out: Path, backbone: str, setting: Setting, cache: P
     if (out / "results.json").is_file():
         return 0.0
     working_size = None if setting.upsample == 1 else size * setting.upsample  # None: each category's own size
-    settings = IndustrialSettings(scorers=(SCORER,), working_size=working_size, tile_stride=setting.stride, blend="max",
+    settings = IndustrialSettings(scorers=(SCORER,), detector_kind=setting.detector_kind, shots=setting.shots, working_size=working_size,
+                                  tile_stride=setting.stride, blend="max",
                                   scorer_options=None if setting.steps is None else {"steps": setting.steps},
                                   baselines=False, variants=False, examples=0, pixel_store=True, device="cpu", batch_size=batch_size,
                                   cache_dir=str(cache))
@@ -109,7 +123,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", required=True, help="the demo model's checkpoint (make demo / make ad-demo train it)")
     parser.add_argument("--out", type=Path, default=Path("outputs/fast_preset"))
-    candidates = [name for name, setting in SETTINGS.items() if setting.upsample == 1]  # ablation rows only when named
+    candidates = [name for name, setting in SETTINGS.items() if not setting.ablation]  # ablation rows only when named
     parser.add_argument("--settings", default=",".join(candidates), help=f"comma-separated, from {', '.join(SETTINGS)}; default first")
     parser.add_argument("--benchmarks", default="ad_demo,perlin")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -132,7 +146,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 times[f"{bench}/{name}"] = round(seconds, 1)
                 times_path.write_text(json.dumps(times, indent=1) + "\n")
                 print(f"[sweep] {bench}/{name}: {seconds:.0f} s", flush=True)
-    title = "The fast-preset sweep" if args.size == SIZE else f"The working-size ablation at {args.size} px"
+    title = "The fast-preset sweep" if args.size == SIZE else f"Ablation rows at {args.size} px ({', '.join(names[1:])} against the default)"
     tables, lines = [], [f"# {title} (experiments/fast_preset/RULE.md)", ""]
     for bench in benches:
         rows, means = paired_rows(out / bench, names, args.resamples)
@@ -144,9 +158,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             lines.append(f"| {name} | {evaluations_per_image(out / bench / name)} | {means[name]['image_auroc']:.3f} | "
                          f"{means[name]['aupro']:.3f} | {times.get(f'{bench}/{name}', '–')} |")
         lines.append("")
-    # only settings cheaper than the default compete; the others are ablation rows, shown with their paired Δ
-    ablation = [[r for r in t["rows"] if SETTINGS[r["setting"]].upsample > 1] for t in tables]
-    candidates = [{**t, "rows": [r for r in t["rows"] if SETTINGS[r["setting"]].upsample == 1]} for t in tables]
+    # only cheaper settings of the same detector compete; the others are ablation rows, shown with their paired Δ
+    ablation = [[r for r in t["rows"] if SETTINGS[r["setting"]].ablation] for t in tables]
+    candidates = [{**t, "rows": [r for r in t["rows"] if not SETTINGS[r["setting"]].ablation]} for t in tables]
     decision = choose(candidates)[1] if any(t["rows"] for t in candidates) else ["no cheaper candidate was run: no decision of the rule"]
     for t, rows in zip(tables, ablation):
         decision += [f"* ablation on {t['benchmark']}: {r['setting']} ({r['evaluations_per_image']} evaluations) against the default: "

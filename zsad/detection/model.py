@@ -38,7 +38,7 @@ from zsad.detection.split import split_normal
 from zsad.diffusion.backbone import Backbone
 from zsad.diffusion.loading import load_backbone
 from zsad.errors import ConfigError, ZsadError
-from zsad.scoring.detector import GMMDetector, load_detector, make_detector
+from zsad.scoring.detector import GMMDetector, SoftMinKNNDetector, load_detector, make_detector
 from zsad.scoring.extraction import configure_precision, extract_features
 from zsad.scoring.feature_cache import FeatureCache
 from zsad.scoring.recipe import FeatureRecipe, RecipeMismatchError, recipe_for
@@ -176,10 +176,11 @@ class AnomalyDetector:
         s = (settings or DetectorSettings()).detector_part().replace(**options)
         alpha = check_rate(s.false_alarm_rate)
         get_preset(s.preset)  # a wrong name fails before any work
-        kind = build_scorer(s.scorer, **(s.scorer_options or {})).detector  # an unknown scorer or option too
+        kind = s.detector_kind or build_scorer(s.scorer, **(s.scorer_options or {})).detector  # an unknown scorer or option too
         if s.tile_position and kind != "gmm":  # before reading any image
             raise ConfigError(f"--tile-position adds the tile's centre to a Gaussian mixture's features; scorer '{s.scorer}' is fitted by "
-                              f"its own {kind} detector, which reads its features by column. Leave --tile-position off.")
+                              f"a {kind} detector here, which does not take positions. Leave --tile-position off"
+                              + (" or use --detector-kind gmm." if s.detector_kind else "."))
         images = as_images(normal)
         skipped: list[str] = []
         if s.skip_corrupt:  # before the split, so that the calibration part keeps the size the rate needs
@@ -207,7 +208,7 @@ class AnomalyDetector:
             f"{tiling.count} tile(s) of {tiling.tile} px per image, {det.network_evaluations_per_image():,} network evaluations per image")
         det.say_estimate(len(split.fit) + len(split.calibration), "[fit] expected time for fit and calibration")
         fit_rows = det._fit_features(images.subset(split.fit), s.cache_dir, s.batch_size)
-        det._fit_density(fit_rows)
+        det._fit_density(fit_rows, kind)
         det._calibrate(images.subset(split.calibration), s.batch_size, alpha)
         det.info = {"n_normal": len(images), "n_fit": len(split.fit), "n_calibration": len(split.calibration), "shots": s.shots,
                     "source": str(images.root or images.label), "fit_seconds": round(time.time() - t0, 1),
@@ -269,13 +270,20 @@ class AnomalyDetector:
             rows = torch.cat([rows, self.tiling.positions().repeat(features.shape[0], 1)], dim=1)
         return rows.numpy()
 
-    def _fit_density(self, rows: np.ndarray) -> None:
-        """The scorer's own detector on the fit part's tile rows: a Gaussian mixture chosen by cross-validation for the
-        GMM scorers, the method's detector with its defaults for the others (DiffPath-1D's KDE, UFCOD's soft-min kNN,
-        SCOPED's KDE with its ID-only level choice)."""
-        kind = self.scorer.detector
-        self.detector = (GMMDetector(**FIT_DETECTOR) if kind == "gmm" else make_detector(kind, None)).fit(rows)
-        fit_scores = self.detector.score(rows)
+    def _fit_density(self, rows: np.ndarray, kind: str) -> None:
+        """The `kind` detector on the fit part's tile rows: a Gaussian mixture chosen by cross-validation, or a method's
+        detector with its defaults (DiffPath-1D's KDE, UFCOD's soft-min kNN, SCOPED's KDE with its ID-only level
+        choice). The soft-min kNN picks its references at every tile position, as UFCOD picks them among images:
+        facility location over all tile rows together costs O(n_references · N²) (docs/method.md §4)."""
+        if kind == "gmm":
+            self.detector = GMMDetector(**FIT_DETECTOR).fit(rows)
+        elif kind == "softmin_knn" and self.tiling.count > 1:
+            positions = np.tile(np.arange(self.tiling.count), len(rows) // self.tiling.count)  # rows are image-major
+            self.detector = make_detector(kind, None).fit(rows, groups=positions)
+        else:
+            self.detector = make_detector(kind, None).fit(rows)
+        # the fit tiles' scores standardise every tile score; a soft-min kNN's references leave themselves out
+        fit_scores = self.detector.score_fitted(rows) if isinstance(self.detector, SoftMinKNNDetector) else self.detector.score(rows)
         self.maps.tile_mean, self.maps.tile_std = float(fit_scores.mean()), float(max(fit_scores.std(), 1e-12))
 
     def _calibrate(self, images: Images, batch_size: int, alpha: float) -> None:

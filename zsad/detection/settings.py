@@ -18,6 +18,8 @@ from typing import Any, Optional
 from zsad.errors import ConfigError
 from zsad.scoring.scorers import RECOMMENDED_SCORER
 
+DETECTOR_KINDS = ("gmm", "softmin_knn")  # the detectors that read any scorer's tile features (kde, scoped_kde: their scorer's only)
+
 
 @dataclass(frozen=True)
 class DetectorSettings:
@@ -25,6 +27,9 @@ class DetectorSettings:
 
     scorer: str = RECOMMENDED_SCORER
     scorer_options: Optional[dict] = None  # the scorer's own options, e.g. {"steps": 5}
+    # what is fitted on the tile features: gmm (a Gaussian mixture) or softmin_knn (UFCOD's soft-min kNN, its references
+    # picked at every tile position); None: the scorer's own (a Gaussian mixture for diffpath_fused)
+    detector_kind: Optional[str] = None
     preset: str = "default"  # zsad.detection.presets: fills the tile stride and scorer options left unset
     false_alarm_rate: float = 0.05  # α: the share of normal images flagged, at most
     shots: Optional[int] = None  # fit on this many normal images only (calibration unchanged)
@@ -48,6 +53,9 @@ class DetectorSettings:
     cache_dir: Optional[str] = "outputs/feature_cache"
 
     def __post_init__(self) -> None:
+        if self.detector_kind is not None and self.detector_kind not in DETECTOR_KINDS:
+            raise ConfigError(f"detector_kind (--detector-kind) must be one of {', '.join(DETECTOR_KINDS)}, or left unset for the scorer's "
+                              f"own; got {self.detector_kind!r}.")
         if self.scorer_options is not None:  # a copy: the caller's dict, changed later, does not change these settings
             if not isinstance(self.scorer_options, Mapping):
                 raise ConfigError(f"scorer_options must map option names to values, e.g. {{'steps': 5}}; got {self.scorer_options!r}.")

@@ -20,7 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from zsad.errors import ConfigError
 from zsad.scoring.scoped_detector import ScopedKDEDetector
-from zsad.scoring.ufcod_detector import PARITY_FLOOR, SELECTIONS, knn_distances, select_references, soft_min
+from zsad.scoring.ufcod_detector import PARITY_FLOOR, SELECTIONS, knn_distances, select_references, select_references_by_group, soft_min
 
 GMM_STATE = ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_")
 
@@ -188,7 +188,10 @@ class SoftMinKNNDetector:
     rows tie) and calibration statistics of the references scored against themselves (each its own nearest
     neighbour at distance 0). mode="zsad" (default): the exact log-sum-exp soft minimum, and leave-one-out
     calibration (each reference scored against the others, as a new ID row would be). `k` is capped by the
-    number of references (by one fewer for leave-one-out) with a warning; UFCOD raises there."""
+    number of references (by one fewer for leave-one-out) with a warning; UFCOD raises there.
+
+    `fit(features, groups)` picks `n_references` per group (a tile position: zsad fit on tiles) and scores every row
+    against all groups' references together."""
 
     k: int = 10
     temperature: float = 0.5
@@ -211,6 +214,8 @@ class SoftMinKNNDetector:
         self.references_: Optional[np.ndarray] = None  # standardised reference rows [n, D]
         self.selected_: Optional[np.ndarray] = None  # their indices in the fitted features
         self.calibration_mean_, self.calibration_std_ = 0.0, 1.0  # of the references' soft-min distances (std + 1e-8)
+        self.groups_ = 0  # groups the references were picked in (tile positions); 0: all rows together
+        self._own: Optional[np.ndarray] = None
 
     @property
     def _floor(self) -> Optional[float]:
@@ -222,12 +227,17 @@ class SoftMinKNNDetector:
                           stacklevel=3)
         return min(int(self.k), available)
 
-    def fit(self, features) -> "SoftMinKNNDetector":
+    def fit(self, features, groups: Optional[np.ndarray] = None) -> "SoftMinKNNDetector":
+        """Pick the references (within each group of `groups`, one label per row, when given), standardise them,
+        calibrate on them."""
         x = _as_2d(features)
         least = 2 if self.mode == "zsad" else 1
         if len(x) < least:
             raise ConfigError(f"The soft-min kNN detector ({self.mode} mode) needs at least {least} ID-train images; got {len(x)}.")
-        self.selected_ = select_references(x, int(self.n_references), self.selection, self.random_state)
+        n_references, selection, seed = int(self.n_references), self.selection, self.random_state
+        self.selected_ = (select_references(x, n_references, selection, seed) if groups is None
+                          else select_references_by_group(x, groups, n_references, selection, seed))
+        self.groups_ = 0 if groups is None else len(np.unique(groups))
         self.scaler_ = StandardScaler().fit(x[self.selected_])
         self.references_ = self.scaler_.transform(x[self.selected_])
         n = len(self.references_)
@@ -239,6 +249,7 @@ class SoftMinKNNDetector:
                          exclude_self=leave_one_out)
         own = soft_min(d, float(self.temperature), self._floor)
         self.calibration_mean_, self.calibration_std_ = float(np.mean(own)), float(np.std(own) + CALIBRATION_EPS)
+        self._own = own if leave_one_out else None  # the references' leave-one-out scores, for score_fitted (not saved)
         return self
 
     def soft_min_distance(self, features) -> np.ndarray:
@@ -250,8 +261,30 @@ class SoftMinKNNDetector:
 
     def score(self, features) -> np.ndarray:
         """Anomaly score per row (higher = more anomalous): z-calibrated soft-min distance, or the raw one without `calibrate`."""
-        s = self.soft_min_distance(features)
+        return self._calibrated(self.soft_min_distance(features))
+
+    def _calibrated(self, s: np.ndarray) -> np.ndarray:
         return (s - self.calibration_mean_) / self.calibration_std_ if self.calibrate else s
+
+    def score_fitted(self, features) -> np.ndarray:
+        """`score` of the rows `fit` was given, each reference row leaving itself out (zsad mode), so that they score as
+        new ID rows would: a reference scored against itself sits at distance 0 (the self-match of parity mode)."""
+        if self.references_ is None:
+            raise RuntimeError("SoftMinKNNDetector used before fit/load")
+        x = _as_2d(features)
+        if self.mode == "parity":
+            return self.score(x)
+        others = np.ones(len(x), dtype=bool)
+        others[self.selected_] = False
+        raw = np.empty(len(x))
+        if self._own is not None:  # fitted here: fit scored the references this way already
+            raw[self.selected_] = self._own
+        else:
+            d = knn_distances(self.scaler_.transform(x[self.selected_]), self.references_, self._k(len(self.references_) - 1), exclude_self=True)
+            raw[self.selected_] = soft_min(d, float(self.temperature), self._floor)
+        if others.any():
+            raw[others] = self.soft_min_distance(x[others])
+        return self._calibrated(raw)
 
     def predict(self, features, threshold: float = 0.0) -> np.ndarray:
         """1 where the score exceeds `threshold` (anomalous), else 0; at 0 with `calibrate`, 1 − UFCOD's `predict`."""
@@ -264,7 +297,7 @@ class SoftMinKNNDetector:
         arrays, scaler_meta = _scaler_state(self.scaler_)
         arrays.update({"references": self.references_, "selected": self.selected_,
                        "calibration": np.array([self.calibration_mean_, self.calibration_std_])})
-        meta = {"kind": "softmin_knn", "settings": asdict(self), **scaler_meta, "n_references": len(self.references_)}
+        meta = {"kind": "softmin_knn", "settings": asdict(self), **scaler_meta, "n_references": len(self.references_), "groups": self.groups_}
         _write(Path(path), meta, arrays)
 
     @classmethod
@@ -274,6 +307,7 @@ class SoftMinKNNDetector:
         scaler = _scaler_from(arrays, meta)
         det.scaler_, det.references_, det.selected_ = scaler, arrays["references"], arrays["selected"]
         det.calibration_mean_, det.calibration_std_ = (float(v) for v in arrays["calibration"])
+        det.groups_ = int(meta.get("groups", 0))
         return det
 
 
@@ -370,11 +404,12 @@ def describe_detector(detector) -> str:
         return f"KDE, bandwidth {detector.bandwidth:g}"
     if isinstance(detector, ScopedKDEDetector):
         bw = detector.kde_.bandwidth_ if detector.kde_ is not None else detector.bandwidth
-        return (f"SCOPED KDE of the {detector.statistic} statistic at levels {list(map(int, detector.levels_))} "
-                f"(chosen by {detector.selection} on ID data), bandwidth {bw:.3g}")
+        chosen = f"chosen by {detector.selection} on ID data" if detector.select and detector.selection != "all" else "every level computed"
+        return f"SCOPED KDE of the {detector.statistic} statistic at levels {list(map(int, detector.levels_))} ({chosen}), bandwidth {bw:.3g}"
     if isinstance(detector, SoftMinKNNDetector):
         n = len(detector.references_) if detector.references_ is not None else detector.n_references
-        return (f"soft-min kNN (k {detector.k}, T {detector.temperature:g}) over {n} references by {detector.selection} "
+        per = f" ({detector.n_references} at most per tile position, {detector.groups_} positions)" if detector.groups_ else ""
+        return (f"soft-min kNN (k {detector.k}, T {detector.temperature:g}) over {n} references{per} by {detector.selection} "
                 f"(seed {detector.random_state}), {detector.mode} mode" + (", z-calibrated" if detector.calibrate else ""))
     p = detector.best_params_
     how = f"chosen by {detector.cv_folds}-fold CV" if detector.mode == "grid" else "fixed"

@@ -51,7 +51,7 @@ from torchvision.transforms.v2 import Resize  # noqa: E402
 # The DetectorSettings fields this model takes as arguments, with the backbone; their defaults live in DetectorSettings
 # only (FIT_DEFAULTS). Left out: `skip_corrupt` (anomalib has decoded every image already) and `bit_depth` (anomalib hands
 # over 8-bit RGB, so the rule is always 8 bits).
-FIT_OPTIONS = ("backbone", "scorer", "scorer_options", "false_alarm_rate", "shots", "working_size", "tile_stride", "device", "cache_dir",
+FIT_OPTIONS = ("backbone", "scorer", "scorer_options", "detector_kind", "false_alarm_rate", "shots", "working_size", "tile_stride", "device", "cache_dir",
                "batch_size", "network_batch", "seed", "map_combination", "aggregation", "top_k", "tile_position", "precision",
                "require_rate", "blend", "preset")
 FIT_DEFAULTS = {"backbone": inspect.signature(AnomalyDetector.fit).parameters["backbone"].default,
@@ -169,8 +169,8 @@ class Zsad(MemoryBankMixin, AnomalibModule):
                  network_batch: Optional[int] = None, seed: Optional[int] = None, map_combination: Optional[str] = None,
                  aggregation: Optional[str] = None, top_k: Optional[float] = None, tile_position: Optional[bool] = None,
                  precision: Optional[str] = None, require_rate: Optional[bool] = None, blend: Optional[str] = None,
-                 preset: Optional[str] = None, pre_processor: nn.Module | bool = True, post_processor: nn.Module | bool = True, evaluator: Any = True,
-                 visualizer: Any = True) -> None:
+                 preset: Optional[str] = None, detector_kind: Optional[str] = None, pre_processor: nn.Module | bool = True,
+                 post_processor: nn.Module | bool = True, evaluator: Any = True, visualizer: Any = True) -> None:
         super().__init__(pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer)
         given = {name: value for name, value in locals().items() if name in FIT_OPTIONS}
         self.fit_options = _checked_options({name: value for name, value in given.items() if value is not None})
@@ -294,6 +294,7 @@ def _checked_options(options: dict[str, Any]) -> dict[str, Any]:
     if "scorer_options" in options and not isinstance(options["scorer_options"], dict):
         raise ConfigError(f"scorer_options must be a dict of the scorer's options, e.g. {{'steps': 10}}; got {options['scorer_options']!r}.")
     build_scorer(options.get("scorer", FIT_DEFAULTS["scorer"]), **options.get("scorer_options", {}))  # an unknown scorer or option fails now
+    DetectorSettings(detector_kind=options.get("detector_kind"))  # an unknown detector kind too
     return options
 
 
