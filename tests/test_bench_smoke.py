@@ -66,3 +66,13 @@ def test_bench_detector_times_fit_and_score(tmp_path):
     assert not report["scored"][1].startswith("good/") and len(report["seconds"]) == 2
     assert report["median_seconds"] <= report["max_seconds"] and report["fit_images"] == 14
     assert report["projected_fit_seconds"]["300"] > report["projected_fit_seconds"]["100"] > 0
+
+
+def test_bench_softmin_tiles_times_per_position_and_all_rows(tmp_path):
+    """bench/bench_softmin_tiles.py: per-position references (every row while images ≤ 100, some past it) and one
+    greedy step over all rows."""
+    out = tmp_path / "softmin.json"
+    _bench("bench_softmin_tiles.py", "--images", "5,120", "--tiles", "3", "--features", "4", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["images"], r["tile_rows"], r["references"]) for r in rows] == [(5, 15, 15), (120, 360, 300)]
+    assert all(r["per_position_fit_seconds"] > 0 and r["all_rows_projected_fit_seconds"] >= 0 for r in rows)

@@ -240,6 +240,9 @@ def test_references_per_tile_position_are_ufcods_choice_at_each_position(tmp_pat
     again = load_detector(tmp_path / "d")
     assert again.groups_ == T
     np.testing.assert_allclose(again.score_fitted(x), fitted, rtol=0, atol=1e-12)  # recomputed, not kept from fit
+    for other in (x[:-1], np.vstack([x, x[:1]])):  # only the rows fit was given
+        with pytest.raises(ValueError, match="rows fit was given"):
+            det.score_fitted(other)
     np.testing.assert_array_equal(again.score(x[:50]), det.score(x[:50]))
 
 
@@ -261,7 +264,12 @@ def test_zsad_fit_takes_the_soft_min_knn_on_tiles(trained_checkpoint, tmp_path):
                               false_alarm_rate=0.2, device="cpu", cache_dir=tmp_path / "cache", batch_size=24, network_batch=64)
     T = det.tiling.count
     assert T == 9 and isinstance(det.detector, SoftMinKNNDetector) and det.detector.groups_ == T
-    assert len(det.detector.references_) == det.info["n_fit"] * T  # n_fit ≤ 100: every fit tile is a reference
+    n_fit = det.info["n_fit"]
+    assert len(det.detector.references_) == n_fit * T  # n_fit ≤ 100: every fit tile is a reference
+    # rows are image-major: position 0's references are rows 0, T, 2T, … (a wrong position label would reorder them)
+    np.testing.assert_array_equal(det.detector.selected_[:n_fit], np.arange(n_fit) * T)
+    # the tile map is standardised by the fit tiles' leave-one-out scores: here exactly the calibration's own
+    assert abs(det.maps.tile_mean) < 1e-9 and abs(det.maps.tile_std - 1) < 1e-6
     assert "per tile position" in card_text(det) and "Gaussian mixture" not in card_text(det)
     noise = torch.from_numpy(make_builtin("noise", "test", 4)).permute(0, 3, 1, 2).float() / 255
     normal = torch.from_numpy(make_builtin("clouds", "test", 4)).permute(0, 3, 1, 2).float() / 255

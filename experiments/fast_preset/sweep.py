@@ -146,8 +146,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 times[f"{bench}/{name}"] = round(seconds, 1)
                 times_path.write_text(json.dumps(times, indent=1) + "\n")
                 print(f"[sweep] {bench}/{name}: {seconds:.0f} s", flush=True)
-    title = "The fast-preset sweep" if args.size == SIZE else f"Ablation rows at {args.size} px ({', '.join(names[1:])} against the default)"
-    tables, lines = [], [f"# {title} (experiments/fast_preset/RULE.md)", ""]
+    ablation_only = all(SETTINGS[n].ablation for n in names[1:])
+    title = (f"Ablation rows at {args.size} px: {', '.join(names[1:])} against the default" if ablation_only
+             else f"The fast-preset sweep at {args.size} px (experiments/fast_preset/RULE.md)")
+    tables, lines = [], [f"# {title}", ""]
     for bench in benches:
         rows, means = paired_rows(out / bench, names, args.resamples)
         table = {"benchmark": bench, "rows": rows}
@@ -161,7 +163,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     # only cheaper settings of the same detector compete; the others are ablation rows, shown with their paired Δ
     ablation = [[r for r in t["rows"] if SETTINGS[r["setting"]].ablation] for t in tables]
     candidates = [{**t, "rows": [r for r in t["rows"] if not SETTINGS[r["setting"]].ablation]} for t in tables]
-    decision = choose(candidates)[1] if any(t["rows"] for t in candidates) else ["no cheaper candidate was run: no decision of the rule"]
+    no_candidate = "no candidate of experiments/fast_preset/RULE.md was run (ablation rows only): no decision of that rule"
+    decision = choose(candidates)[1] if any(t["rows"] for t in candidates) else [no_candidate]
     for t, rows in zip(tables, ablation):
         decision += [f"* ablation on {t['benchmark']}: {r['setting']} ({r['evaluations_per_image']} evaluations) against the default: "
                      + ", ".join(f"Δ {m} {r[m][0]:+.3f} [{r[m][1]:+.3f}, {r[m][2]:+.3f}]" for m in ("image_auroc", "aupro")) for r in rows]

@@ -29,7 +29,7 @@ ROWS = (
     ("ufcod features + GMM", "ufcod", "gmm", None),
     ("diffpath_6d + GMM", "diffpath_6d", "gmm", None),
     ("diffpath_fused + GMM (zsad default)", "diffpath_fused", "gmm", None),
-    ("scoped (KDE)", "scoped", "scoped_kde", None),
+    ("scoped (KDE, its default)", "scoped", "scoped_kde", None),
     ("scoped, the paper's reading (KDE)", "scoped", "scoped_kde", {"statistic": "ratio", "select": 2, "selection": "stein"}),
 )
 

@@ -179,8 +179,7 @@ class AnomalyDetector:
         kind = s.detector_kind or build_scorer(s.scorer, **(s.scorer_options or {})).detector  # an unknown scorer or option too
         if s.tile_position and kind != "gmm":  # before reading any image
             raise ConfigError(f"--tile-position adds the tile's centre to a Gaussian mixture's features; scorer '{s.scorer}' is fitted by "
-                              f"a {kind} detector here, which does not take positions. Leave --tile-position off"
-                              + (" or use --detector-kind gmm." if s.detector_kind else "."))
+                              f"a {kind} detector here, which does not take positions. Leave --tile-position off or use --detector-kind gmm.")
         images = as_images(normal)
         skipped: list[str] = []
         if s.skip_corrupt:  # before the split, so that the calibration part keeps the size the rate needs
@@ -272,9 +271,9 @@ class AnomalyDetector:
 
     def _fit_density(self, rows: np.ndarray, kind: str) -> None:
         """The `kind` detector on the fit part's tile rows: a Gaussian mixture chosen by cross-validation, or a method's
-        detector with its defaults (DiffPath-1D's KDE, UFCOD's soft-min kNN, SCOPED's KDE with its ID-only level
-        choice). The soft-min kNN picks its references at every tile position, as UFCOD picks them among images:
-        facility location over all tile rows together costs O(n_references · N²) (docs/method.md §4)."""
+        detector with its defaults (DiffPath-1D's KDE, UFCOD's soft-min kNN, SCOPED's KDE). The soft-min kNN picks its
+        references at every tile position, as UFCOD picks them among images: facility location over all tile rows
+        together costs O(n_references · N²) (docs/method.md §4)."""
         if kind == "gmm":
             self.detector = GMMDetector(**FIT_DETECTOR).fit(rows)
         elif kind == "softmin_knn" and self.tiling.count > 1:

@@ -216,6 +216,7 @@ class SoftMinKNNDetector:
         self.calibration_mean_, self.calibration_std_ = 0.0, 1.0  # of the references' soft-min distances (std + 1e-8)
         self.groups_ = 0  # groups the references were picked in (tile positions); 0: all rows together
         self._own: Optional[np.ndarray] = None
+        self.n_fitted_: Optional[int] = None  # rows fit was given (None: a detector saved before it was recorded)
 
     @property
     def _floor(self) -> Optional[float]:
@@ -250,6 +251,7 @@ class SoftMinKNNDetector:
         own = soft_min(d, float(self.temperature), self._floor)
         self.calibration_mean_, self.calibration_std_ = float(np.mean(own)), float(np.std(own) + CALIBRATION_EPS)
         self._own = own if leave_one_out else None  # the references' leave-one-out scores, for score_fitted (not saved)
+        self.n_fitted_ = len(x)
         return self
 
     def soft_min_distance(self, features) -> np.ndarray:
@@ -272,6 +274,9 @@ class SoftMinKNNDetector:
         if self.references_ is None:
             raise RuntimeError("SoftMinKNNDetector used before fit/load")
         x = _as_2d(features)
+        if (self.n_fitted_ is not None and len(x) != self.n_fitted_) or (len(self.selected_) and int(self.selected_.max()) >= len(x)):
+            raise ValueError(f"score_fitted takes the rows fit was given ({self.n_fitted_ or 'as many as before'}); got {len(x)}. "
+                             "Use score for other rows.")
         if self.mode == "parity":
             return self.score(x)
         others = np.ones(len(x), dtype=bool)
@@ -297,7 +302,8 @@ class SoftMinKNNDetector:
         arrays, scaler_meta = _scaler_state(self.scaler_)
         arrays.update({"references": self.references_, "selected": self.selected_,
                        "calibration": np.array([self.calibration_mean_, self.calibration_std_])})
-        meta = {"kind": "softmin_knn", "settings": asdict(self), **scaler_meta, "n_references": len(self.references_), "groups": self.groups_}
+        meta = {"kind": "softmin_knn", "settings": asdict(self), **scaler_meta, "n_references": len(self.references_), "groups": self.groups_,
+                "n_fitted": self.n_fitted_}
         _write(Path(path), meta, arrays)
 
     @classmethod
@@ -308,6 +314,7 @@ class SoftMinKNNDetector:
         det.scaler_, det.references_, det.selected_ = scaler, arrays["references"], arrays["selected"]
         det.calibration_mean_, det.calibration_std_ = (float(v) for v in arrays["calibration"])
         det.groups_ = int(meta.get("groups", 0))
+        det.n_fitted_ = meta.get("n_fitted")
         return det
 
 

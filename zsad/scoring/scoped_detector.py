@@ -143,4 +143,7 @@ class ScopedKDEDetector:
         from zsad.scoring.detector import _read
 
         meta, arrays = _read(path, "scoped_kde")
-        return cls(**meta["settings"]).fit(arrays["train"])
+        settings = dict(meta["settings"])
+        if settings.get("selection") == "all":  # saved before `select` with `all` was refused: `all` kept every level then too
+            settings["select"] = None
+        return cls(**settings).fit(arrays["train"])

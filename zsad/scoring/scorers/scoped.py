@@ -74,7 +74,7 @@ def eps_and_quadratic_forms(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch
 class SCOPED(Scorer):
     """[‖s‖², tr ∂s/∂x] at `levels` noise levels evenly spaced over time_range·(T−1) (or at explicit `timesteps`),
     the trace by Hutchinson with `probes` seeded probes per image and level. Fitted by the `scoped_kde` detector,
-    which keeps the levels its ID-only rule picks, combines the two parts and fits a KDE. No maps."""
+    which keeps every level by default (or those its ID-only rule picks), combines the two parts and fits a KDE. No maps."""
 
     levels: int = 6
     time_range: list = field(default_factory=lambda: [0.02, 0.5])
