@@ -277,12 +277,17 @@ class AnomalyDetector:
         if kind == "gmm":
             self.detector = GMMDetector(**FIT_DETECTOR).fit(rows)
         elif kind == "softmin_knn" and self.tiling.count > 1:
-            positions = np.tile(np.arange(self.tiling.count), len(rows) // self.tiling.count)  # rows are image-major
+            T = self.tiling.count
+            positions, images = np.tile(np.arange(T), len(rows) // T), np.repeat(np.arange(len(rows) // T), T)  # rows are image-major
             self.detector = make_detector(kind, None).fit(rows, groups=positions)
         else:
             self.detector = make_detector(kind, None).fit(rows)
-        # the fit tiles' scores standardise every tile score; a soft-min kNN's references leave themselves out
-        fit_scores = self.detector.score_fitted(rows) if isinstance(self.detector, SoftMinKNNDetector) else self.detector.score(rows)
+        # the fit tiles' scores standardise every tile score: a soft-min kNN scores each fit tile without its own image's
+        # references (with one tile per image, itself), as a new image's tiles are scored
+        if isinstance(self.detector, SoftMinKNNDetector):
+            fit_scores = self.detector.score_fitted(rows, images if self.tiling.count > 1 else None)
+        else:
+            fit_scores = self.detector.score(rows)
         self.maps.tile_mean, self.maps.tile_std = float(fit_scores.mean()), float(max(fit_scores.std(), 1e-12))
 
     def _calibrate(self, images: Images, batch_size: int, alpha: float) -> None:

@@ -268,9 +268,11 @@ class SoftMinKNNDetector:
     def _calibrated(self, s: np.ndarray) -> np.ndarray:
         return (s - self.calibration_mean_) / self.calibration_std_ if self.calibrate else s
 
-    def score_fitted(self, features) -> np.ndarray:
-        """`score` of the rows `fit` was given, each reference row leaving itself out (zsad mode), so that they score as
-        new ID rows would: a reference scored against itself sits at distance 0 (the self-match of parity mode)."""
+    def score_fitted(self, features, images: Optional[np.ndarray] = None) -> np.ndarray:
+        """`score` of the rows `fit` was given, scored as new ID rows would be (zsad mode): each reference row leaves
+        itself out (against itself it sits at distance 0, the self-match of parity mode). With `images`, one label per
+        row (the image a tile came from), every row leaves out all references of its own image: a new image's tiles
+        have no overlapping twin among the references, and a fit tile's neighbours at other positions overlap it."""
         if self.references_ is None:
             raise RuntimeError("SoftMinKNNDetector used before fit/load")
         x = _as_2d(features)
@@ -279,6 +281,8 @@ class SoftMinKNNDetector:
                              "Use score for other rows.")
         if self.mode == "parity":
             return self.score(x)
+        if images is not None:
+            return self._calibrated(self._leave_image_out(x, np.asarray(images)))
         others = np.ones(len(x), dtype=bool)
         others[self.selected_] = False
         raw = np.empty(len(x))
@@ -290,6 +294,18 @@ class SoftMinKNNDetector:
         if others.any():
             raw[others] = self.soft_min_distance(x[others])
         return self._calibrated(raw)
+
+    def _leave_image_out(self, x: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """Raw soft-min distance of every fitted row to the references of the other images."""
+        if images.shape != (len(x),):
+            raise ValueError(f"images must give one label per row: {len(x)} rows, images of shape {images.shape}")
+        reference_images = images[self.selected_]
+        kept = len(self.references_) - int(np.unique(reference_images, return_counts=True)[1].max())
+        if kept < 1:
+            raise ConfigError("Every reference comes from one image: the fit tiles cannot be scored without their own image. "
+                              "Fit on at least 2 images (more normal images, or a larger --shots), or use --detector-kind gmm.")
+        d = knn_distances(self.scaler_.transform(x), self.references_, self._k(kept), labels=(images, reference_images))
+        return soft_min(d, float(self.temperature), self._floor)
 
     def predict(self, features, threshold: float = 0.0) -> np.ndarray:
         """1 where the score exceeds `threshold` (anomalous), else 0; at 0 with `calibrate`, 1 − UFCOD's `predict`."""

@@ -112,9 +112,12 @@ def stratified(x: np.ndarray, n_references: int, rng: np.random.RandomState, str
     return np.asarray(out[:n_references], dtype=np.int64)
 
 
-def knn_distances(queries: np.ndarray, references: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
+def knn_distances(queries: np.ndarray, references: np.ndarray, k: int, exclude_self: bool = False,
+                  labels: Optional[tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
     """Distances [M, k] from each query row to its k nearest reference rows, ascending. With `exclude_self`
-    (queries are the references themselves) a row's own index is left out, duplicates of it are not."""
+    (queries are the references themselves) a row's own index is left out, duplicates of it are not. With
+    `labels` (one per query, one per reference: the image a tile came from) a query leaves out every reference
+    with its label; k must not exceed the references any query keeps."""
     m, n = len(queries), len(references)
     out = np.empty((m, k))
     chunk = max(1, _BLOCK // max(1, n * queries.shape[1]))
@@ -123,6 +126,8 @@ def knn_distances(queries: np.ndarray, references: np.ndarray, k: int, exclude_s
         d = np.linalg.norm(q[:, None, :] - references[None, :, :], axis=-1)
         if exclude_self:
             d[np.arange(len(q)), np.arange(start, start + len(q))] = np.inf
+        if labels is not None:
+            d[labels[0][start : start + len(q), None] == labels[1][None, :]] = np.inf
         if k < n:
             d = np.partition(d, k - 1, axis=1)[:, :k]
         out[start : start + len(q)] = np.sort(d, axis=1)[:, :k]
