@@ -274,18 +274,18 @@ class AnomalyDetector:
         detector with its defaults (DiffPath-1D's KDE, UFCOD's soft-min kNN, SCOPED's KDE). The soft-min kNN picks its
         references at every tile position, as UFCOD picks them among images: facility location over all tile rows
         together costs O(n_references · N²) (docs/method.md §4)."""
+        T = self.tiling.count
+        images = np.arange(len(rows)) // T if T > 1 else None  # rows are image-major: row i is tile i % T of image i // T
         if kind == "gmm":
             self.detector = GMMDetector(**FIT_DETECTOR).fit(rows)
-        elif kind == "softmin_knn" and self.tiling.count > 1:
-            T = self.tiling.count
-            positions, images = np.tile(np.arange(T), len(rows) // T), np.repeat(np.arange(len(rows) // T), T)  # rows are image-major
-            self.detector = make_detector(kind, None).fit(rows, groups=positions)
+        elif kind == "softmin_knn" and images is not None:
+            self.detector = make_detector(kind, None).fit(rows, groups=np.arange(len(rows)) % T)
         else:
             self.detector = make_detector(kind, None).fit(rows)
         # the fit tiles' scores standardise every tile score: a soft-min kNN scores each fit tile without its own image's
         # references (with one tile per image, itself), as a new image's tiles are scored
         if isinstance(self.detector, SoftMinKNNDetector):
-            fit_scores = self.detector.score_fitted(rows, images if self.tiling.count > 1 else None)
+            fit_scores = self.detector.score_fitted(rows, images)
         else:
             fit_scores = self.detector.score(rows)
         self.maps.tile_mean, self.maps.tile_std = float(fit_scores.mean()), float(max(fit_scores.std(), 1e-12))
